@@ -1,0 +1,182 @@
+"""Default configuration: every key the project reads, with a comment above each.
+
+Dataset files (`synthetic.py`, `openbg.py`, `umls.py`, `kinship.py`) start from this one and
+override what differs. Override any key from the command line:
+`python launch.py --config=configs/synthetic.py --config.train.num_steps=500 --workdir=W`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Global seed: data generation, sampling, initialisation and training all derive from it.
+  config.seed = 0
+
+  # ---------------------------------------------------------------- data (imkga_jax/kg.py)
+  config.data = ml_collections.ConfigDict()
+  # Folder of the raw KG. Empty with `data.synthetic=True` means WORKDIR/raw (generated).
+  config.data.root = ''
+  # 'auto' (detect), 'triples' (train/valid/test .txt/.tsv) or 'openbg' (OpenBG-IMG layout).
+  config.data.layout = 'auto'
+  # Generate the embedded multimodal KG (data_prep/synthetic.py) into WORKDIR/raw first.
+  config.data.synthetic = False
+  # What to do with a valid/test triple whose entity or relation never occurs in train:
+  # 'error' (stop, naming file and line), 'skip' (drop it, count it, log the count) or 'keep'
+  # (keep it and add the unseen names to the vocabulary, counted and logged; WN18RR needs this).
+  config.data.unknown_entities = 'error'
+
+  # ---------------------------------------------------------------- synthetic KG generator
+  config.synthetic = ml_collections.ConfigDict()
+  # Number of products (each gets one rendered image).
+  config.synthetic.num_products = 1000
+  # Number of brands, shops and regions (the other entity kinds have fixed vocabularies).
+  config.synthetic.num_brands = 60
+  config.synthetic.num_shops = 80
+  config.synthetic.num_regions = 12
+  # Image side in pixels (VGG16 reads 224x224).
+  config.synthetic.image_size = 224
+  # Further products without an image (only some heads have images, as in OpenBG-IMG).
+  config.synthetic.num_imageless_products = 1700
+  # Number of couriers (each region is served by one; ships_via has 2- and 3-hop rules).
+  config.synthetic.num_couriers = 5
+  # Share of image products with one image-only fact (brand/colour/category) in valid, and in test.
+  config.synthetic.image_only_fraction = 0.15
+  # JPEG quality of the rendered product images (fixed, so output bytes are deterministic).
+  config.synthetic.jpeg_quality = 90
+
+  # ---------------------------------------------------------------- entity features (issue 3)
+  config.features = ml_collections.ConfigDict()
+  # Build features.npz / h_fig / h_ocr. Off for structure-only datasets and the no_img variant.
+  config.features.enabled = True
+  # VGG16 output used as the raw image vector: 'predictions' (1000), 'fc2' (4096) or 'gap' (512).
+  config.features.vgg_layer = 'predictions'
+  # Local VGG16 weights (.h5, .weights.h5, .pth or .safetensors); '' = seeded random init (warned).
+  config.features.vgg_weights = ''
+  # Images per VGG16 batch.
+  config.features.batch_size = 32
+  # OCR engine: 'rapidocr' (default) or 'easyocr' (optional extra).
+  config.features.ocr_engine = 'rapidocr'
+  # Dimension of the hashed character n-gram vector of the OCR text.
+  config.features.ocr_vector_dim = 256
+  # Character n-gram orders hashed into the OCR vector (inclusive range).
+  config.features.ngram_min = 1
+  config.features.ngram_max = 3
+  # Reduced sizes (paper: h_fig 8, h_ocr 3).
+  config.features.fig_dim = 8
+  config.features.ocr_dim = 3
+  # Autoencoder (Eq. 3-7) training: steps, learning rate, batch size.
+  config.features.ae_steps = 2000
+  config.features.ae_learning_rate = 1e-3
+  config.features.ae_batch_size = 256
+
+  # ---------------------------------------------------------------- rules and paths (issue 4)
+  config.rules = ml_collections.ConfigDict()
+  # Longest rule body (1..3).
+  config.rules.max_length = 3
+  # Keep a rule when support >= min_support and confidence >= min_confidence.
+  config.rules.min_support = 2
+  config.rules.min_confidence = 0.1
+  # Sampled start rows when scoring a body with sparse products (bounds the cost on hubs).
+  config.rules.sample_rows = 500
+  # Cap on predicted (X, Y) pairs per body; bodies above it are scored on fewer rows.
+  config.rules.max_pairs_per_body = 2_000_000
+  # Random walks sampled per body length to propose rule bodies.
+  config.rules.num_walks = 200_000
+  # Keep at most this many rules per head relation.
+  config.rules.max_rules_per_head = 50
+  # Distinct grounded paths per train triple (k).
+  config.rules.paths_per_triple = 4
+  # Instantiations tried per rule when grounding one triple.
+  config.rules.max_groundings_per_rule = 10
+
+  # ---------------------------------------------------------------- trajectories (issue 4)
+  config.trajectories = ml_collections.ConfigDict()
+  # Longest path in hops; sequences have 2*max_hops+1 action tokens.
+  config.trajectories.max_hops = 3
+  # Share of extra random-walk trajectories that miss t (written with R1 = r_bad).
+  config.trajectories.negative_share = 0.1
+  # TFRecord shards written (>= number of processes that will read them).
+  config.trajectories.num_shards = 8
+
+  # ---------------------------------------------------------------- return-to-go (Eq. 8-12)
+  config.rtg = ml_collections.ConfigDict()
+  config.rtg.r_good = 1.0
+  config.rtg.r_bad = -1.0
+  config.rtg.r_step = -0.1
+  # Probability that training replaces the true image similarity by the missing-target value.
+  config.rtg.target_dropout = 0.5
+
+  # ---------------------------------------------------------------- model (issue 5)
+  config.model = ml_collections.ConfigDict()
+  # Table 3 variant: 'no_img', 'mkg', 'rl' or 'mkg_rl'.
+  config.model.variant = 'mkg_rl'
+  config.model.emb_dim = 256
+  config.model.num_layers = 4
+  config.model.num_heads = 4
+  config.model.mlp_dim = 1024
+  config.model.dropout_rate = 0.1
+  config.model.attention_dropout_rate = 0.1
+  # Computation dtype ('float32' or 'bfloat16'); parameters stay float32.
+  config.model.dtype = 'float32'
+
+  # ---------------------------------------------------------------- masks (Eq. 20)
+  config.masks = ml_collections.ConfigDict()
+  # Mask II: share of sequences with token dropout, and per-token probability inside them.
+  config.masks.p_k = 0.5
+  config.masks.p_m = 0.1
+  # Mask III: probability that a history action token becomes <mask>.
+  config.masks.p_3 = 0.1
+
+  # ---------------------------------------------------------------- loss (Eq. 23-25)
+  config.loss = ml_collections.ConfigDict()
+  # Weight of the TRUE token (paper's best 0.7).
+  config.loss.label_smoothing = 0.7
+  # Weight of L_concat on Mask III sequences.
+  config.loss.beta = 1.5
+
+  # ---------------------------------------------------------------- optimiser (Eq. 26-28)
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_steps = 200
+  config.optim.weight_decay = 0.01
+  config.optim.clip_norm = 1.0
+  # Modulation strength alpha (paper's best 0.6; 0 turns damping off).
+  config.optim.alpha = 0.6
+  config.optim.noise_scale = 1.0
+  # Active window of the modulation, in steps (end -1 = until the end).
+  config.optim.modulation_start = 0
+  config.optim.modulation_end = -1
+
+  # ---------------------------------------------------------------- training (issue 7)
+  config.train = ml_collections.ConfigDict()
+  # Global batch size (trajectories per step, over all devices and processes).
+  config.train.batch_size = 256
+  config.train.num_steps = 5000
+  config.train.log_every = 100
+  config.train.checkpoint_every = 1000
+  config.train.max_to_keep = 3
+  # Shuffle buffer of the tf.data pipeline.
+  config.train.shuffle_buffer = 50_000
+
+  # ---------------------------------------------------------------- mesh and sharding
+  config.mesh = ml_collections.ConfigDict()
+  # Mesh shape over ('data', 'model'); -1 takes the remaining devices.
+  config.mesh.shape = (-1, 1)
+  config.mesh.axes = ('data', 'model')
+  # Number of processes for multi-host runs (1 = single process; or set by the environment).
+  config.mesh.num_processes = 1
+
+  # ---------------------------------------------------------------- decoding and evaluation
+  config.decode = ml_collections.ConfigDict()
+  config.decode.beam_size = 64
+  # Queries per jitted beam-search call.
+  config.decode.batch_size = 32
+  # Branch whose logits decode ('concat', 'fig' or 'ocr').
+  config.decode.branch = 'concat'
+  # Only emit valid moves in the graph.
+  config.decode.constrained = False
+  # Answers (with paths) kept per query in explanations.jsonl.
+  config.decode.num_explanations = 10
+  # Evaluate at most this many queries per split (-1 = all).
+  config.decode.max_queries = -1
+  return config

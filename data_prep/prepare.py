@@ -1,0 +1,152 @@
+"""The offline stages in order: raw KG -> `WORKDIR/prepared/`.
+
+Stages (each skipped when its outputs exist and were made from the same config, by fingerprint):
+
+1. `synthetic` — only with `data.synthetic=True`: writes the embedded KG into `WORKDIR/raw`.
+2. `kg`        — reads the raw KG, writes `vocab.json`, `triples.npz`.
+3. `features`  — with `features.enabled`: VGG16 + OCR + Eq. 3-7 reduction -> `features.npz`.
+4. `trajectories` — rules, grounded paths, return-to-go, TFRecord shards.
+
+Every stage's statistics are merged into `prepared/stats.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import ml_collections
+
+from imkga_jax import kg as kg_lib
+
+# Config sections each stage depends on (a change in any of them re-runs the stage and the later ones).
+STAGE_KEYS = {
+    'synthetic': ('seed', 'synthetic'),
+    'kg': ('data',),
+    'features': ('features',),
+    'trajectories': ('rules', 'trajectories', 'rtg'),
+}
+STAGES = tuple(STAGE_KEYS)
+FINGERPRINT_FILE = 'fingerprints.json'
+STATS_FILE = 'stats.json'
+
+
+def raw_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Folder of the raw KG: `data.root`, or `WORKDIR/raw` for the synthetic KG."""
+  if config.data.synthetic:
+    return config.data.root or os.path.join(workdir, 'raw')
+  if not config.data.root:
+    raise ValueError('config.data.root is empty: pass --config.data.root=PATH/TO/KG '
+                     '(a folder of train/valid/test triples or the OpenBG-IMG layout)')
+  return config.data.root
+
+
+def prepared_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'prepared')
+
+
+def fingerprints(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Cumulative fingerprint per stage: a stage's hash covers its keys and those of earlier stages."""
+  out, parts = {}, []
+  for stage in STAGES:
+    for key in STAGE_KEYS[stage]:
+      value = config[key]
+      parts.append(key + '=' + (value.to_json(sort_keys=True) if hasattr(value, 'to_json')
+                                else json.dumps(value)))
+    out[stage] = hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
+  return out
+
+
+def _read_json(path: str, default):
+  if not os.path.exists(path):
+    return default
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs every stage that is not done yet; returns the merged statistics (also in stats.json)."""
+  out = prepared_dir(workdir)
+  os.makedirs(out, exist_ok=True)
+  wanted = fingerprints(config)
+  done = _read_json(os.path.join(out, FINGERPRINT_FILE), {})
+  stats = _read_json(os.path.join(out, STATS_FILE), {})
+  root = raw_dir(config, workdir)
+  kg = None
+
+  def run(stage: str, fn: Callable[[], dict]) -> None:
+    nonlocal stats
+    if done.get(stage) == wanted[stage]:
+      logging.info('prepare: stage %s is up to date (fingerprint %s), skipped', stage, wanted[stage])
+      return
+    logging.info('prepare: running stage %s', stage)
+    start = time.time()
+    stage_stats = fn() or {}
+    stage_stats[f'seconds_{stage}'] = round(time.time() - start, 2)
+    stats.update(stage_stats)
+    done[stage] = wanted[stage]
+    # Later stages depend on this one: forget them so they re-run.
+    for later in STAGES[STAGES.index(stage) + 1:]:
+      done.pop(later, None)
+    _write_json(os.path.join(out, STATS_FILE), stats)
+    _write_json(os.path.join(out, FINGERPRINT_FILE), done)
+
+  def load() -> kg_lib.KnowledgeGraph:
+    nonlocal kg
+    if kg is None:
+      kg = kg_lib.KnowledgeGraph.load(out)
+    return kg
+
+  if config.data.synthetic:
+    def synthetic():
+      from data_prep import synthetic as synthetic_lib  # pylint: disable=g-import-not-at-top
+      if os.path.exists(root):
+        shutil.rmtree(root)
+      result = synthetic_lib.generate(root, seed=config.seed, **synthetic_kwargs(config))
+      return {'synthetic_' + k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+    run('synthetic', synthetic)
+  else:
+    done.pop('synthetic', None)
+    wanted.pop('synthetic', None)
+
+  def read_kg():
+    nonlocal kg
+    kg = kg_lib.load_kg(root, config.data.layout, config.data.unknown_entities)
+    kg.save(out)
+    return kg.stats()
+  run('kg', read_kg)
+
+  if config.features.enabled:
+    def features():
+      from data_prep import features as features_lib  # pylint: disable=g-import-not-at-top
+      return features_lib.build_features(load(), config, out)
+    run('features', features)
+  else:
+    wanted['features'] = 'disabled'
+    if done.get('features') != 'disabled':
+      stale = os.path.join(out, 'features.npz')
+      if os.path.exists(stale):
+        os.remove(stale)
+      run('features', lambda: {'images': 0})
+
+  def trajectories():
+    from data_prep import trajectories as trajectories_lib  # pylint: disable=g-import-not-at-top
+    return trajectories_lib.build_trajectories(load(), config, out)
+  run('trajectories', trajectories)
+  return stats
+
+
+def synthetic_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The generator's size arguments from `config.synthetic`."""
+  return dict(config.synthetic)

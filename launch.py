@@ -1,0 +1,41 @@
+"""Entry point: `python launch.py --config=configs/synthetic.py --workdir=DIR [--mode=all]`.
+
+Parses flags and calls one library function per stage; all logic lives in importable modules.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for prepared data, checkpoints, metrics.')
+_MODE = flags.DEFINE_enum('mode', 'all', ['prepare', 'train', 'eval', 'predict', 'all'],
+                          'Stage to run; `all` runs prepare -> train -> eval, skipping what is done.')
+_QUERY = flags.DEFINE_string('query', None, "With --mode=predict: 'HEAD|RELATION' in names.")
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  logging.info('mode=%s workdir=%s config:\n%s', mode, workdir, config)
+  if mode in ('prepare', 'all'):
+    from data_prep import prepare  # pylint: disable=g-import-not-at-top
+    prepare.prepare(config, workdir)
+  if mode in ('train', 'all'):
+    from imkga_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir)
+  if mode in ('eval', 'all'):
+    from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.run_evaluation(config, workdir, summary=(mode == 'all'))
+  if mode == 'predict':
+    if not _QUERY.value:
+      raise app.UsageError("--mode=predict needs --query='HEAD|RELATION'")
+    from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.run_prediction(config, workdir, _QUERY.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
