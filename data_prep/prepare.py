@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -111,9 +110,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.data.synthetic:
     def synthetic():
       from data_prep import synthetic as synthetic_lib  # pylint: disable=g-import-not-at-top
-      if os.path.exists(root):
-        shutil.rmtree(root)
-      result = synthetic_lib.generate(root, seed=config.seed, **synthetic_kwargs(config))
+      result = synthetic_lib.generate_from_config(config, root, overwrite=True)
       return {'synthetic_' + k: v for k, v in result.items() if isinstance(v, (int, float, str))}
     run('synthetic', synthetic)
   else:
@@ -145,8 +142,3 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return trajectories_lib.build_trajectories(load(), config, out)
   run('trajectories', trajectories)
   return stats
-
-
-def synthetic_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The generator's size arguments from `config.synthetic`."""
-  return dict(config.synthetic)
