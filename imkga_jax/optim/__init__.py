@@ -1,0 +1,11 @@
+"""Optimiser building blocks: the per-modality gradient modulation (Eq. 26-28)."""
+
+from imkga_jax.optim.modulation import ModalityModulationState
+from imkga_jax.optim.modulation import modality_modulation
+from imkga_jax.optim.modulation import modulation_coefficients
+
+__all__ = [
+    'ModalityModulationState',
+    'modality_modulation',
+    'modulation_coefficients',
+]
