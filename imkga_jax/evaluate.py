@@ -1,0 +1,369 @@
+"""Filtered ranking, MRR / Hits@k and path explanations on top of the jitted beam search (DESIGN §7).
+
+Entity score = max over the finished beams ending in the entity of `logprob / hops` (a scatter-max into
+`[batch, E]`, -inf for unreached entities). For a query (h, r, t) every OTHER known answer of (h, r)
+(train + valid + test, both directions: `kg.filter_csr`) is removed before ranking, and
+
+  rank = 1 + #{score > s_t} + (#{score == s_t} - 1) / 2        (realistic / mean tie handling)
+
+over the remaining entities. An unreached target (s_t = -inf) therefore gets the mean rank among all
+unreached entities: below every reached one, ties among the unreached averaged (SQUIRE instead gives it
+reciprocal rank 0; ours is the expected rank of a random order of the unreached). Head prediction
+answers the inverse query (t, r⁻¹, ?) with h. `reached` = share of queries whose target got a finite
+score.
+
+Outputs: `WORKDIR/metrics.json` = {"valid"|"test": {"tail"|"head"|"both": {"mrr", "hits@1", "hits@3",
+"hits@10", "reached", "queries"}}}; `WORKDIR/explanations.jsonl`: one line per test query and
+direction with the top `decode.num_explanations` answers, each with its best path in names and score.
+
+Example:
+  $ python launch.py --config=configs/synthetic.py --workdir=W --mode=eval
+  $ python launch.py --config=configs/synthetic.py --workdir=W --mode=predict \\
+      --query='product_0001|ships_from'
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from imkga_jax import decode
+from imkga_jax import kg as kg_lib
+from imkga_jax import rtg as rtg_lib
+
+METRIC_KEYS = ('mrr', 'hits@1', 'hits@3', 'hits@10', 'reached')
+METRICS_FILE = 'metrics.json'
+EXPLANATIONS_FILE = 'explanations.jsonl'
+FEATURE_KEYS = ('fig', 'ocr', 'fig_present', 'ocr_present')
+# `(params, inputs [B], constraint) -> (entity scores [B, E], DecodeResult)`, jitted.
+DecodeFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, decode.DecodeResult]]
+
+
+# ============================================================================ scores and ranks
+def entity_scores(answer: jax.Array, score: jax.Array, num_entities: int) -> jax.Array:
+  """Scatter-max of finished-beam scores into `[batch, E]` (-inf where no beam ends).
+
+  Args:
+    answer: `[batch, F]` entity id of each finished beam, -1 for invalid slots.
+    score: `[batch, F]` its score.
+    num_entities: E.
+  """
+  batch = answer.shape[0]
+  index = jnp.where(answer >= 0, answer, num_entities)  # [b, F]; E is out of range: dropped
+  rows = jnp.arange(batch)[:, None]  # [b, 1]
+  return jnp.full((batch, num_entities), -jnp.inf, jnp.float32).at[rows, index].max(
+      score.astype(jnp.float32), mode='drop')  # [b, E]
+
+
+def filtered_ranks(scores: np.ndarray, targets: np.ndarray, indptr: np.ndarray,
+                   known: np.ndarray) -> np.ndarray:
+  """Filtered, tie-averaged ranks (module docstring).
+
+  Args:
+    scores: `[q, E]` entity scores (-inf = unreached).
+    targets: `[q]` entity id of each query's answer.
+    indptr, known: CSR lists of every known answer per query (`kg.filter_csr`); the target may be
+      among them.
+
+  Returns:
+    `[q]` float64 ranks (x.5 where ties split).
+  """
+  scores = np.asarray(scores)
+  q = scores.shape[0]
+  keep = np.ones(scores.shape, bool)  # [q, E]
+  keep[np.repeat(np.arange(q), np.diff(indptr)), known] = False
+  keep[np.arange(q), targets] = True
+  target_score = scores[np.arange(q), targets][:, None]  # [q, 1]
+  higher = np.sum(keep & (scores > target_score), axis=1)  # [q]
+  equal = np.sum(keep & (scores == target_score), axis=1)  # [q], the target included
+  return 1.0 + higher + (equal - 1) / 2.0
+
+
+def ranking_metrics(ranks: np.ndarray, reached: np.ndarray) -> dict[str, float]:
+  """MRR, Hits@1/3/10, reached share and query count of `[q]` ranks."""
+  ranks = np.asarray(ranks, np.float64)
+  if not len(ranks):
+    return {**{k: float('nan') for k in METRIC_KEYS}, 'queries': 0}
+  out = {'mrr': float(np.mean(1.0 / ranks))}
+  out.update({f'hits@{k}': float(np.mean(ranks <= k)) for k in (1, 3, 10)})
+  out.update(reached=float(np.mean(reached)), queries=int(len(ranks)))
+  return out
+
+
+def direction_queries(kg: kg_lib.KnowledgeGraph, split: str, max_queries: int = -1
+                      ) -> dict[str, np.ndarray]:
+  """`{'tail': [q, 3], 'head': [q, 3]}` rows (query head, query relation in [0, 2R), answer)."""
+  triples = kg.split(split)
+  if max_queries >= 0:
+    triples = triples[:max_queries]
+  h, r, t = triples[:, 0], triples[:, 1], triples[:, 2]
+  return {'tail': np.stack([h, r, t], axis=1).astype(np.int32),
+          'head': np.stack([t, kg.inverse_relation(r), h], axis=1).astype(np.int32)}
+
+
+# ============================================================================ decoding in batches
+def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.TokensToLogits],
+                   space: decode.TokenSpace, *, beam_size: int, max_len: int,
+                   rtg_constants: rtg_lib.RtgConstants,
+                   batch_sharding: NamedSharding | None = None) -> DecodeFn:
+  """One jitted function: beam search + entity scores for a batch of queries.
+
+  Args:
+    logits_factory: `(params, inputs tiled to batch * beam rows) -> tokens_to_logits`; for IMKGA
+      `lambda p, x: decode.make_tokens_to_logits(model, p, x, branch)`.
+    space: token layout.
+    beam_size, max_len: beam search sizes.
+    rtg_constants: return-to-go constants.
+    batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
+      data parallel over the mesh, params and constraint replicated. None: plain `jax.jit`.
+
+  Returns:
+    `decode_fn(params, inputs, constraint)` with `inputs` of `[batch]` rows: `head_entity` plus the
+    model context (`head_token`, `relation_token`, `fig`, `ocr`, `fig_present`, `ocr_present`).
+  """
+  def fn(params, inputs, constraint):
+    context = decode.tile_beams({k: v for k, v in inputs.items() if k != 'head_entity'}, beam_size)
+    result = decode.beam_search(logits_factory(params, context), inputs['head_entity'], space=space,
+                                beam_size=beam_size, max_len=max_len, rtg_constants=rtg_constants,
+                                constraint=constraint)
+    return entity_scores(result.answer, result.score, space.num_entities), result
+
+  if batch_sharding is None:
+    return jax.jit(fn)
+  replicated = NamedSharding(batch_sharding.mesh, P())
+  return jax.jit(fn, in_shardings=(replicated, batch_sharding, replicated),
+                 out_shardings=batch_sharding)
+
+
+def query_inputs(kg: kg_lib.KnowledgeGraph, queries: np.ndarray,
+                 features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Model inputs of `[q, 2+]` (head, relation) rows; features gathered by the query head."""
+  heads, relations = queries[:, 0], queries[:, 1]
+  out = {'head_entity': heads.astype(np.int32),
+         'head_token': kg.entity_token(heads).astype(np.int32),
+         'relation_token': kg.relation_token(relations).astype(np.int32)}
+  out.update({k: np.asarray(features[k])[heads] for k in FEATURE_KEYS})
+  return out
+
+
+def decode_batches(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, queries: np.ndarray,
+                   features: Mapping[str, np.ndarray], batch_size: int, constraint: Any = None,
+                   desc: str = 'decode') -> Iterator[tuple[slice, np.ndarray, decode.DecodeResult]]:
+  """Decodes `queries` in batches of fixed shape (the last one padded with copies of its first row).
+
+  Yields:
+    `(rows of queries, entity scores [rows, E] numpy, DecodeResult of those rows, on device)`.
+  """
+  num = len(queries)
+  for start in tqdm(range(0, num, batch_size), desc=desc, unit='batch', leave=False,
+                    disable=jax.process_index() > 0):
+    rows = slice(start, min(start + batch_size, num))
+    batch = queries[rows]
+    pad = batch_size - len(batch)
+    if pad:
+      batch = np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)])
+    scores, result = decode_fn(params, query_inputs(kg, batch, features), constraint)
+    n = rows.stop - rows.start
+    yield rows, np.asarray(scores)[:n], jax.tree.map(lambda x: x[:n], result)
+
+
+# ============================================================================ explanations
+def answers_with_paths(kg: kg_lib.KnowledgeGraph, seqs: np.ndarray, score: np.ndarray,
+                       answer: np.ndarray, limit: int) -> list[dict[str, Any]]:
+  """The best `limit` distinct answers of one query, each with its best path in names.
+
+  Args:
+    seqs, score, answer: `[F, L]`, `[F]`, `[F]` of one query's `DecodeResult` (best first).
+    limit: answers to return.
+  """
+  out, seen = [], set()
+  for seq, s, a in zip(seqs, score, answer):
+    if a < 0 or a in seen:
+      continue
+    seen.add(int(a))
+    path = [kg.token_name(t) for t in seq[:list(seq).index(kg_lib.EOS)]]
+    out.append({'entity': kg.entities[a], 'score': float(s), 'path': path})
+    if len(out) == limit:
+      break
+  return out
+
+
+# ============================================================================ evaluation
+def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, split: str,
+                   config: ml_collections.ConfigDict, features: Mapping[str, np.ndarray],
+                   constraint: Any = None, explain: bool = False
+                   ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+  """Metrics of one split for tail, head and both; explanation rows if `explain`.
+
+  Returns:
+    `({'tail'|'head'|'both': metrics}, explanations)`.
+  """
+  metrics, explanations, all_ranks, all_reached = {}, [], [], []
+  for direction, queries in direction_queries(kg, split, config.decode.max_queries).items():
+    indptr, known = kg.filter_csr(queries[:, :2])
+    ranks, reached = np.zeros(len(queries)), np.zeros(len(queries), bool)
+    for rows, scores, result in decode_batches(decode_fn, params, kg, queries, features,
+                                               config.decode.batch_size, constraint,
+                                               desc=f'{split}/{direction}'):
+      targets = queries[rows, 2]
+      lo, hi = indptr[rows.start], indptr[rows.stop]
+      ranks[rows] = filtered_ranks(scores, targets, indptr[rows.start:rows.stop + 1] - lo,
+                                   known[lo:hi])
+      reached[rows] = np.isfinite(scores[np.arange(len(targets)), targets])
+      if explain:
+        result = jax.device_get(result)
+        for i, (h, r, t) in enumerate(queries[rows]):
+          explanations.append({
+              'split': split, 'direction': direction,
+              'query': {'head': kg.entities[h], 'relation': kg.relation_name(r),
+                        'answer': kg.entities[t]},
+              'rank': float(ranks[rows.start + i]),
+              'answers': answers_with_paths(kg, result.seqs[i], result.score[i], result.answer[i],
+                                            config.decode.num_explanations)})
+    metrics[direction] = ranking_metrics(ranks, reached)
+    all_ranks.append(ranks)
+    all_reached.append(reached)
+  metrics['both'] = ranking_metrics(np.concatenate(all_ranks), np.concatenate(all_reached))
+  return metrics, explanations
+
+
+def _atomic_write(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def write_metrics(workdir: str, metrics: Mapping[str, Any]) -> str:
+  """Writes `WORKDIR/metrics.json` atomically; returns its path."""
+  path = os.path.join(workdir, METRICS_FILE)
+  _atomic_write(path, json.dumps(metrics, indent=2, sort_keys=True) + '\n')
+  return path
+
+
+def write_explanations(workdir: str, rows: list[Mapping[str, Any]]) -> str:
+  """Writes `WORKDIR/explanations.jsonl` (one JSON object per line) atomically; returns its path."""
+  path = os.path.join(workdir, EXPLANATIONS_FILE)
+  _atomic_write(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
+  return path
+
+
+def format_metrics(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+  """A plain-text table of `metrics.json`."""
+  lines = [f'{"split":<6} {"dir":<5} ' + ' '.join(f'{k:>8}' for k in METRIC_KEYS) + '  queries']
+  for split, by_direction in metrics.items():
+    for direction, m in by_direction.items():
+      lines.append(f'{split:<6} {direction:<5} ' + ' '.join(f'{m[k]:8.4f}' for k in METRIC_KEYS)
+                   + f'  {m["queries"]}')
+  return '\n'.join(lines)
+
+
+# ============================================================================ prediction
+def parse_query(kg: kg_lib.KnowledgeGraph, query: str) -> tuple[int, int]:
+  """`'HEAD|RELATION'` in names (RELATION may end in `_inv`) -> (head id, relation id in [0, 2R))."""
+  parts = query.split('|')
+  if len(parts) != 2 or not all(p.strip() for p in parts):
+    raise ValueError(f"--query={query!r}: expected 'HEAD|RELATION' in names, e.g. "
+                     f"'{kg.entities[0]}|{kg.relations[0]}'")
+  return kg.entity_id(parts[0].strip()), kg.relation_id(parts[1].strip())
+
+
+def predict(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, query: str,
+            config: ml_collections.ConfigDict, features: Mapping[str, np.ndarray],
+            constraint: Any = None) -> list[dict[str, Any]]:
+  """Ranked answers of one query, each `{rank, entity, score, path, known}` (`known`: a true triple
+  of any split). Returns the best `config.decode.num_explanations` answers."""
+  head, relation = parse_query(kg, query)
+  queries = np.asarray([[head, relation, 0]], np.int32)
+  _, _, result = next(decode_batches(decode_fn, params, kg, queries, features,
+                                     config.decode.batch_size, constraint, desc='predict'))
+  result = jax.device_get(result)
+  answers = answers_with_paths(kg, result.seqs[0], result.score[0], result.answer[0],
+                               config.decode.num_explanations)
+  known = {kg.entities[t] for t in kg.filter_index().get((head, relation), ())}
+  return [dict(a, rank=i + 1, known=a['entity'] in known) for i, a in enumerate(answers)]
+
+
+def format_predictions(query: str, answers: list[Mapping[str, Any]]) -> str:
+  """Readable lines: rank, answer, score, known flag and the path that produced it."""
+  lines = [f'query {query}: {len(answers)} answers']
+  for a in answers:
+    lines.append(f'{a["rank"]:3d}. {a["entity"]:<24} score {a["score"]:8.4f}'
+                 f'{"  (known)" if a["known"] else ""}  path: {" -> ".join(a["path"])}')
+  return '\n'.join(lines)
+
+
+# ============================================================================ launch.py entry points
+def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
+                  batch_sharding: NamedSharding | None = None) -> tuple[DecodeFn, Any]:
+  """`(decode_fn, constraint)` for an IMKGA model and the config's decode section."""
+  branch = decode.branch_index(tuple(model.branches), config.decode.branch)
+  if batch_sharding is not None:
+    spec = batch_sharding.spec[0] if len(batch_sharding.spec) else None
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    shards = int(np.prod([batch_sharding.mesh.shape[a] for a in axes]))
+    if config.decode.batch_size % shards:
+      raise ValueError(f'decode.batch_size={config.decode.batch_size} must be divisible by the '
+                       f'{shards} devices of the data axis; set --config.decode.batch_size')
+  decode_fn = make_decode_fn(
+      lambda p, x: decode.make_tokens_to_logits(model, p, x, branch), decode.TokenSpace.from_kg(kg),
+      beam_size=config.decode.beam_size, max_len=2 * config.trajectories.max_hops + 1,
+      rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
+      batch_sharding=batch_sharding)
+  constraint = decode.GraphConstraint.from_kg(kg) if config.decode.constrained else None
+  return decode_fn, constraint
+
+
+def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, ...]:
+  from imkga_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  prepared = os.path.join(workdir, 'prepared')
+  kg = kg_lib.KnowledgeGraph.load(prepared)
+  model, params, step = train.restore_params(config, workdir, kg.num_tokens)
+  features = train.load_feature_table(prepared, kg.num_entities, config)
+  mesh = sharding.make_mesh(config.mesh)
+  decode_fn, constraint = build_decoder(model, kg, config,
+                                        sharding.batch_sharding(mesh, config.mesh.rules))
+  return kg, params, step, features, decode_fn, constraint
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: bool = False
+                   ) -> dict[str, Any]:
+  """`--mode=eval`: valid/test metrics of the latest checkpoint -> metrics.json, explanations.jsonl.
+
+  Args:
+    config: the run's config.
+    workdir: holds `prepared/` and `checkpoints/`.
+    summary: also print the metrics table (the `all` mode's final summary); it is logged anyway.
+  """
+  kg, params, step, features, decode_fn, constraint = _restore(config, workdir)
+  metrics, explanations = {}, []
+  for split in ('valid', 'test'):
+    metrics[split], rows = evaluate_split(decode_fn, params, kg, split, config, features, constraint,
+                                          explain=(split == 'test'))
+    explanations += rows
+  if jax.process_index() == 0:
+    write_metrics(workdir, metrics)
+    write_explanations(workdir, explanations)
+  table = format_metrics(metrics)
+  logging.info('evaluation of checkpoint step %d (beam %d, %s):\n%s', step, config.decode.beam_size,
+               'constrained' if constraint is not None else 'unconstrained', table)
+  if summary:
+    print(table)
+  return metrics
+
+
+def run_prediction(config: ml_collections.ConfigDict, workdir: str, query: str
+                   ) -> list[dict[str, Any]]:
+  """`--mode=predict --query='HEAD|RELATION'`: prints and returns the ranked answers with paths."""
+  kg, params, _, features, decode_fn, constraint = _restore(config, workdir)
+  answers = predict(decode_fn, params, kg, query, config, features, constraint)
+  print(format_predictions(query, answers))
+  return answers

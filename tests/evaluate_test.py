@@ -1,0 +1,194 @@
+"""Tests of imkga_jax/evaluate.py: scatter-max, filtered ranks vs brute force, stub end to end."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from imkga_jax import decode
+from imkga_jax import evaluate
+from imkga_jax import kg as kg_lib
+from imkga_jax import rtg as rtg_lib
+
+
+def test_entity_scores_is_a_scatter_max():
+  rng = np.random.default_rng(0)
+  answer = rng.integers(-1, 6, (3, 40))
+  score = rng.normal(size=(3, 40)).astype(np.float32)
+  got = np.asarray(evaluate.entity_scores(jnp.asarray(answer), jnp.asarray(score), 6))
+  expected = np.full((3, 6), -np.inf, np.float32)
+  for b in range(3):
+    for a, s in zip(answer[b], score[b]):
+      if a >= 0:
+        expected[b, a] = max(expected[b, a], s)
+  np.testing.assert_array_equal(got, expected)
+
+
+def rank_reference(scores, target, known):
+  """Mean position of the target's tie group after sorting the unfiltered entities by score."""
+  candidates = [e for e in range(len(scores)) if e == target or e not in set(known)]
+  ordered = sorted(candidates, key=lambda e: -scores[e])
+  tied = [i + 1 for i, e in enumerate(ordered) if scores[e] == scores[target]]
+  return (min(tied) + max(tied)) / 2
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_filtered_ranks_match_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  q, e = 30, 12
+  # Few distinct values (ties) and many unreached entities (-inf), targets often unreached.
+  scores = rng.choice(np.array([-np.inf, -np.inf, -3.0, -2.0, -1.0, -0.5]), size=(q, e))
+  targets = rng.integers(0, e, q)
+  known = []  # other true answers, sometimes with the target itself
+  for t in targets:
+    others = set(rng.choice(e, rng.integers(0, 6), replace=False).tolist())
+    known.append(sorted(others | ({int(t)} if rng.random() < 0.5 else set())))
+  indptr = np.concatenate([[0], np.cumsum([len(k) for k in known])])
+  flat = np.concatenate([np.asarray(k, np.int64) for k in known])
+  got = evaluate.filtered_ranks(scores, targets, indptr, flat)
+  expected = [rank_reference(scores[i], targets[i], known[i]) for i in range(q)]
+  np.testing.assert_allclose(got, expected)
+  # An unreached target ranks below every reached, unfiltered entity.
+  for i in np.flatnonzero(~np.isfinite(scores[np.arange(q), targets])):
+    reached = sum(np.isfinite(scores[i, x]) and (x not in known[i]) for x in range(e))
+    assert got[i] > reached
+
+
+def test_ranking_metrics():
+  m = evaluate.ranking_metrics(np.array([1.0, 2.5, 4.0, 11.0]), np.array([True, True, True, False]))
+  assert m['mrr'] == pytest.approx((1 + 1 / 2.5 + 1 / 4 + 1 / 11) / 4)
+  assert (m['hits@1'], m['hits@3'], m['hits@10'], m['reached'], m['queries']) == (0.25, 0.5, 0.75,
+                                                                                  0.75, 4)
+
+
+def tiny_kg(seed=0, num_entities=10, num_relations=2):
+  rng = np.random.default_rng(seed)
+  def triples(n):
+    return np.stack([rng.integers(0, num_entities, n), rng.integers(0, num_relations, n),
+                     rng.integers(0, num_entities, n)], axis=1).astype(np.int32)
+  return kg_lib.KnowledgeGraph(entities=[f'ent_{i}' for i in range(num_entities)],
+                               relations=[f'rel_{i}' for i in range(num_relations)],
+                               train=triples(30), valid=triples(5), test=triples(7))
+
+
+def direct_answer_stub(params, inputs_tiled, space):
+  """Answers `t <eos>` only: step 0 logits = params[h, r] over entities, step 1 prefers <eos>."""
+  h = inputs_tiled['head_token'] - space.entity_offset  # [N]
+  r = inputs_tiled['relation_token'] - space.relation_offset  # [N]
+  v = space.num_tokens
+
+  def tokens_to_logits(actions, rtg, step):
+    first = jnp.full((actions.shape[0], v), -30.0).at[:, space.entity_offset:].set(params[h, r])
+    later = jnp.full((actions.shape[0], v), -30.0).at[:, kg_lib.EOS].set(0.0)
+    return jnp.where(step == 0, first, later)  # [N, V]
+  return tokens_to_logits
+
+
+def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None):
+  config = default.get_config()
+  config.trajectories.max_hops = 1
+  config.decode.beam_size = beam or kg.num_entities + 2
+  config.decode.batch_size = batch_size
+  config.decode.num_explanations = 3
+  space = decode.TokenSpace.from_kg(kg)
+  decode_fn = evaluate.make_decode_fn(
+      lambda p, x: direct_answer_stub(p, x, space), space, beam_size=config.decode.beam_size,
+      max_len=3, rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
+      batch_sharding=batch_sharding)
+  rng = np.random.default_rng(1)
+  table = rng.uniform(0, 5, (kg.num_entities, 2 * kg.num_relations, kg.num_entities))
+  features = {'fig': np.zeros((kg.num_entities, 8), np.float32),
+              'ocr': np.zeros((kg.num_entities, 3), np.float32),
+              'fig_present': np.zeros(kg.num_entities, bool),
+              'ocr_present': np.zeros(kg.num_entities, bool)}
+  return config, decode_fn, jnp.asarray(table, jnp.float32), features
+
+
+def test_evaluate_split_end_to_end_with_a_stub():
+  kg = tiny_kg()
+  config, decode_fn, table, features = stub_setup(kg)
+  metrics, rows = evaluate.evaluate_split(decode_fn, table, kg, 'test', config, features,
+                                          explain=True)
+  index = kg.filter_index()
+  all_ranks = []
+  for direction in ('tail', 'head'):
+    ranks = []
+    for h, r, t in kg.test:
+      if direction == 'head':
+        h, r, t = t, kg.inverse_relation(r), h
+      ranks.append(rank_reference(np.asarray(table[h, r]), t, index[(h, r)]))
+    all_ranks += ranks
+    m = metrics[direction]
+    assert m['mrr'] == pytest.approx(np.mean(1 / np.array(ranks)), rel=1e-6)
+    assert m['hits@1'] == pytest.approx(np.mean(np.array(ranks) <= 1))
+    assert m['reached'] == 1.0 and m['queries'] == len(kg.test)
+  assert metrics['both']['mrr'] == pytest.approx(np.mean(1 / np.array(all_ranks)), rel=1e-6)
+  assert set(metrics) == {'tail', 'head', 'both'}
+  assert all(set(evaluate.METRIC_KEYS) <= set(m) for m in metrics.values())
+  # Explanations: the best answers of each query, as `t <eos>` paths, in names, best first.
+  assert len(rows) == 2 * len(kg.test)
+  h, r, _ = kg.test[0]
+  best = np.argsort(-np.asarray(table[h, r]))[:3]
+  assert [a['entity'] for a in rows[0]['answers']] == [kg.entities[e] for e in best]
+  assert [a['path'] for a in rows[0]['answers']] == [[kg.entities[e]] for e in best]
+  assert rows[0]['query'] == {'head': kg.entities[h], 'relation': kg.relation_name(r),
+                              'answer': kg.entities[kg.test[0, 2]]}
+
+
+def test_small_beam_leaves_targets_unreached():
+  kg = tiny_kg()
+  config, decode_fn, table, features = stub_setup(kg, beam=3)
+  metrics, _ = evaluate.evaluate_split(decode_fn, table, kg, 'test', config, features)
+  # The 3 best entities of step 0 are always reached (`t <eos>`); a few more through `t e <eos>`.
+  in_top3 = [t in np.argsort(-np.asarray(table[h, r]))[:3] for h, r, t in kg.test]
+  assert 0.0 < metrics['tail']['reached'] < 1.0
+  assert metrics['tail']['reached'] >= np.mean(in_top3)
+  assert metrics['tail']['hits@3'] >= np.mean(in_top3)  # filtering only moves targets up
+
+
+def test_sharded_decode_equals_unsharded():
+  kg = tiny_kg()
+  mesh = jax.make_mesh((len(jax.devices()),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  n = len(jax.devices())
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  config, plain, table, features = stub_setup(kg, batch_size=n)
+  _, sharded, _, _ = stub_setup(kg, batch_size=n, batch_sharding=sharding)
+  a, _ = evaluate.evaluate_split(plain, table, kg, 'test', config, features)
+  b, _ = evaluate.evaluate_split(sharded, table, kg, 'test', config, features)
+  assert a == b
+
+
+def test_predict_and_files(tmp_path):
+  kg = tiny_kg()
+  config, decode_fn, table, features = stub_setup(kg)
+  h, r, _ = kg.train[0]
+  query = f'{kg.entities[h]}|{kg.relation_name(r)}'
+  answers = evaluate.predict(decode_fn, table, kg, query, config, features)
+  assert [a['rank'] for a in answers] == [1, 2, 3]
+  best = np.argsort(-np.asarray(table[h, r]))[:3]
+  assert [a['entity'] for a in answers] == [kg.entities[e] for e in best]
+  known = {kg.entities[t] for t in kg.filter_index()[(h, r)]}
+  assert all(a['known'] == (a['entity'] in known) for a in answers)
+  text = evaluate.format_predictions(query, answers)
+  assert answers[0]['entity'] in text and 'path:' in text
+  with pytest.raises(ValueError, match='HEAD|RELATION'):
+    evaluate.parse_query(kg, 'no separator')
+  with pytest.raises(KeyError, match='unknown relation'):
+    evaluate.parse_query(kg, f'{kg.entities[0]}|nope')
+  assert evaluate.parse_query(kg, 'ent_3|rel_1_inv') == (3, 3)
+
+  metrics = {split: evaluate.evaluate_split(decode_fn, table, kg, split, config, features)[0]
+             for split in ('valid', 'test')}
+  with open(evaluate.write_metrics(str(tmp_path), metrics)) as f:
+    loaded = json.load(f)
+  assert set(loaded) == {'valid', 'test'}
+  for split in loaded.values():
+    assert set(split) == {'tail', 'head', 'both'}
+    assert all(set(evaluate.METRIC_KEYS) <= set(m) for m in split.values())
+  path = evaluate.write_explanations(str(tmp_path), [{'a': 1}, {'b': 'ü'}])
+  with open(path, encoding='utf-8') as f:
+    assert [json.loads(line) for line in f] == [{'a': 1}, {'b': 'ü'}]
+  assert 'mrr' in evaluate.format_metrics(loaded)
