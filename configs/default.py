@@ -68,42 +68,67 @@ def get_config() -> ml_collections.ConfigDict:
   config.features.ae_steps = 2000
   config.features.ae_learning_rate = 1e-3
   config.features.ae_batch_size = 256
+  # Eq. 3-7 attention block: segments the raw vector is cut into (must divide its size) and width.
+  config.features.ae_segments = 8
+  config.features.ae_hidden = 64
+  # rapidocr detector: upsample images whose short side is below this (rapidocr's own default 736).
+  config.features.ocr_det_limit_side_len = 224
+  # Drop OCR lines shorter than this many characters (lone glyphs are shapes read as letters).
+  config.features.ocr_min_chars = 2
+  # Run OCR on a second thread while VGG16 runs.
+  config.features.concurrent_ocr = True
 
   # ---------------------------------------------------------------- rules and paths (issue 4)
   config.rules = ml_collections.ConfigDict()
-  # Longest rule body (1..3).
+  # Longest rule body (1..3; at most trajectories.max_hops).
   config.rules.max_length = 3
   # Keep a rule when support >= min_support and confidence >= min_confidence.
   config.rules.min_support = 2
   config.rules.min_confidence = 0.1
-  # Sampled start rows when scoring a body with sparse products (bounds the cost on hubs).
-  config.rules.sample_rows = 500
-  # Cap on predicted (X, Y) pairs per body; bodies above it are scored on fewer rows.
-  config.rules.max_pairs_per_body = 2_000_000
-  # Random walks sampled per body length to propose rule bodies.
+  # Sampled start entities when scoring a body with sparse products (bounds the cost on hubs).
+  config.rules.sample_rows = 5000
+  # Cap on (X, Y) pairs one sparse product may yield; fewer start rows are used above it.
+  config.rules.max_pairs_per_product = 2_000_000
+  # Graphs with at most this many entities are scored exactly with dense matmuls (E^2 per matrix).
+  config.rules.dense_max_entities = 256
+  # OpenBLAS threads while scoring (its GEMMs are small; spare threads spin on a busy CPU). 0 = as is.
+  config.rules.blas_threads = 1
+  # Random walks sampled per body length (2, 3) to propose rule bodies, spread evenly over heads.
   config.rules.num_walks = 200_000
+  # Most sampled candidate bodies kept per head relation and length before scoring.
+  config.rules.candidates_per_head = 200
   # Keep at most this many rules per head relation.
   config.rules.max_rules_per_head = 50
   # Distinct grounded paths per train triple (k).
   config.rules.paths_per_triple = 4
-  # Instantiations tried per rule when grounding one triple.
-  config.rules.max_groundings_per_rule = 10
+  # Instantiations kept per rule and triple (drawn at random among those that reach the tail).
+  config.rules.paths_per_rule = 1
+  # Neighbours followed per step when instantiating a body (a seeded sample beyond it).
+  config.rules.grounding_fanout = 64
 
   # ---------------------------------------------------------------- trajectories (issue 4)
   config.trajectories = ml_collections.ConfigDict()
   # Longest path in hops; sequences have 2*max_hops+1 action tokens.
   config.trajectories.max_hops = 3
-  # Share of extra random-walk trajectories that miss t (written with R1 = r_bad).
+  # Random-walk trajectories that miss t (written with R1 = r_bad), per positive trajectory.
   config.trajectories.negative_share = 0.1
   # TFRecord shards written (>= number of processes that will read them).
   config.trajectories.num_shards = 8
+  # Threads of the tf.data reader (its private pool; keeps TF from taking every core).
+  config.trajectories.reader_threads = 2
 
   # ---------------------------------------------------------------- return-to-go (Eq. 8-12)
   config.rtg = ml_collections.ConfigDict()
+  # R1 of a path that reaches the target (and R0).
   config.rtg.r_good = 1.0
+  # R1 of a path that misses the target, and the penalty of an action of the wrong kind.
   config.rtg.r_bad = -1.0
+  # Base reward of every action (negative: fewer hops are better).
   config.rtg.r_step = -0.1
-  # Probability that training replaces the true image similarity by the missing-target value.
+  # Image similarity used when the action's or the target's image is missing (Eq. 11: 1/2 R1).
+  config.rtg.missing_similarity = 0.5
+  # Probability that training replaces the true image similarity by the missing-target value
+  # (applied per example by the input pipeline, which reads both return-to-go versions).
   config.rtg.target_dropout = 0.5
 
   # ---------------------------------------------------------------- model (issue 5)
@@ -163,17 +188,36 @@ def get_config() -> ml_collections.ConfigDict:
   # Mesh shape over ('data', 'model'); -1 takes the remaining devices.
   config.mesh.shape = (-1, 1)
   config.mesh.axes = ('data', 'model')
-  # Number of processes for multi-host runs (1 = single process; or set by the environment).
+  # Logical axis name -> mesh axis (None = replicated). Parameters carry logical names
+  # (imkga_jax/models); the batch dimension is 'batch'.
+  config.mesh.rules = (
+      ('batch', 'data'),
+      ('vocab', 'model'),
+      ('embed', None),
+      ('mlp', 'model'),
+      ('heads', 'model'),
+      ('kv', None),
+      ('branch', None),
+      ('layers', None),
+  )
+  # Multi-process runs: jax.distributed.initialize(...) is called when num_processes > 1 or when
+  # the environment names a coordinator (JAX_COORDINATOR_ADDRESS / cluster auto-detection).
   config.mesh.num_processes = 1
+  # Coordinator 'host:port' and this process's id for explicit multi-process runs ('' / -1 = from
+  # the environment: JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID, or cluster auto-detection).
+  config.mesh.coordinator_address = ''
+  config.mesh.process_id = -1
 
   # ---------------------------------------------------------------- decoding and evaluation
   config.decode = ml_collections.ConfigDict()
+  # Live beams per query; memory per step grows with batch_size * beam_size * vocabulary.
   config.decode.beam_size = 64
   # Queries per jitted beam-search call.
   config.decode.batch_size = 32
   # Branch whose logits decode ('concat', 'fig' or 'ocr').
   config.decode.branch = 'concat'
-  # Only emit valid moves in the graph.
+  # Only emit valid moves in the TRAIN graph with inverses (imkga_jax/decode.py); the first action
+  # may also be any entity (the direct `t <eos>` form the model is trained on).
   config.decode.constrained = False
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10

@@ -1,0 +1,412 @@
+"""Training: sharded, jitted train step, orbax checkpoints with resume, metrics (DESIGN.md §6).
+
+`train_and_evaluate(config, workdir)` reads `WORKDIR/prepared/` (written by `--mode=prepare`), trains
+IMKGA-SM and writes orbax checkpoints to `WORKDIR/checkpoints/` and TensorBoard events to `WORKDIR/`.
+Restarting it resumes from the latest checkpoint and ends with the same parameters as an uninterrupted
+run of the same seed: the batch order and every random number are functions of (seed, step).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from clu import metric_writers
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from imkga_jax import input_pipeline
+from imkga_jax import kg as kg_lib
+from imkga_jax import losses
+from imkga_jax import masks
+from imkga_jax import sharding
+from imkga_jax.models import imkga
+from imkga_jax.optim import modality_modulation
+
+MODALITIES = ('fig', 'ocr')
+# Config sections a checkpoint depends on; resuming with different values is refused.
+CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ============================================================================ features
+def load_feature_table(prepared: str, num_entities: int, config: ml_collections.ConfigDict
+                       ) -> dict[str, np.ndarray]:
+  """Per-entity `fig`, `ocr` features and presence masks (zeros / False without features.npz)."""
+  path = os.path.join(prepared, 'features.npz')
+  fig_dim, ocr_dim = config.features.fig_dim, config.features.ocr_dim
+  table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
+           'ocr': np.zeros((num_entities, ocr_dim), np.float32),
+           'fig_present': np.zeros((num_entities,), bool),
+           'ocr_present': np.zeros((num_entities,), bool)}
+  if not os.path.exists(path):
+    return table
+  with np.load(path) as f:
+    loaded = {'fig': f['h_fig'], 'ocr': f['h_ocr'], 'fig_present': f['image_present'],
+              'ocr_present': f['ocr_present']}
+  for key, value in loaded.items():
+    if value.shape != table[key].shape:
+      raise ValueError(f'{path}: {key} has shape {value.shape}, expected {table[key].shape} '
+                       '(features and config/KG disagree; re-run --mode=prepare)')
+    table[key] = value.astype(table[key].dtype)
+  return table
+
+
+def add_features(batch: Mapping[str, jax.Array], table: Mapping[str, jax.Array],
+                 entity_offset: int) -> dict[str, jax.Array]:
+  """Gathers the head entity's features into the batch (`fig`, `ocr`, presence)."""
+  head = batch['head_token'] - entity_offset  # [B]
+  out = dict(batch)
+  for key in ('fig', 'ocr', 'fig_present', 'ocr_present'):
+    out[key] = jnp.take(table[key], head, axis=0)
+  return out
+
+
+# ============================================================================ optimiser
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warm-up to `optim.learning_rate`, then cosine decay to 10% at `train.num_steps`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.optim.learning_rate,
+      warmup_steps=config.optim.warmup_steps,
+      decay_steps=max(config.train.num_steps, config.optim.warmup_steps + 1),
+      end_value=0.1 * config.optim.learning_rate)
+
+
+def branch_view(tree: Any, branches: tuple[str, ...]) -> dict[str, Any]:
+  """A flat `{name: leaf}` view where each branch-stacked leaf is split into one leaf per branch.
+
+  The three encoder stacks are stacked on a leading parameter axis (one traced computation); the
+  modulation transform labels whole leaves, so it works on this view where `…[fig]` and `…[ocr]`
+  are separate leaves.
+  """
+  view = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = jax.tree_util.keystr(path)
+    if imkga.is_branch_stacked(path):
+      for i, branch in enumerate(branches):
+        view[f'{name}[{branch}]'] = leaf[i]
+    else:
+      view[name] = leaf
+  return view
+
+
+def merge_branch_view(view: Mapping[str, Any], like: Any, branches: tuple[str, ...]) -> Any:
+  """Inverse of `branch_view`, restacking branch leaves into the structure of `like`."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+  leaves = []
+  for path, _ in paths:
+    name = jax.tree_util.keystr(path)
+    if imkga.is_branch_stacked(path):
+      leaves.append(jnp.stack([view[f'{name}[{b}]'] for b in branches]))
+    else:
+      leaves.append(view[name])
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def on_branch_view(inner: optax.GradientTransformationExtraArgs, branches: tuple[str, ...]
+                   ) -> optax.GradientTransformationExtraArgs:
+  """Runs `inner` on `branch_view` of the updates (it keeps no per-parameter state)."""
+  def init_fn(params):
+    return inner.init(branch_view(params, branches))
+
+  def update_fn(updates, state, params=None, **extra):
+    view_params = None if params is None else branch_view(params, branches)
+    new, state = inner.update(branch_view(updates, branches), state, view_params, **extra)
+    return merge_branch_view(new, updates, branches), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def modality_labels(view: Mapping[str, Any]) -> dict[str, str | None]:
+  """'fig' / 'ocr' for the leaves of those branches' encoder stacks, None for the rest."""
+  labels = {}
+  for name in view:
+    labels[name] = next((m for m in MODALITIES if name.endswith(f'[{m}]')), None)
+  return labels
+
+
+def make_optimizer(config: ml_collections.ConfigDict, branches: tuple[str, ...]
+                   ) -> optax.GradientTransformationExtraArgs:
+  """`chain(modality_modulation, clip_by_global_norm, adamw(schedule))` (DESIGN.md §5)."""
+  parts = []
+  if all(m in branches for m in MODALITIES):
+    end = config.optim.modulation_end
+    parts.append(on_branch_view(modality_modulation(
+        modality_labels, alpha=config.optim.alpha, noise_scale=config.optim.noise_scale,
+        seed=config.seed, start_step=config.optim.modulation_start,
+        end_step=None if end < 0 else end), branches))
+  parts += [optax.clip_by_global_norm(config.optim.clip_norm),
+            optax.adamw(learning_rate_schedule(config), weight_decay=config.optim.weight_decay)]
+  return optax.chain(*parts)
+
+
+# ============================================================================ train step
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping[str, jax.Array],
+               rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformationExtraArgs,
+               config: ml_collections.ConfigDict, entity_offset: int
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step; pure, jitted once. Randomness = fold_in(rng, step)."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  mask_rng, dropout_rng = jax.random.split(step_rng)
+  batch = add_features(batch, table, entity_offset)
+  inputs, mask3 = masks.apply_masks(mask_rng, batch, config.masks, train=True)
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, inputs, train=True, rngs={'dropout': dropout_rng})
+    total, per_branch = losses.path_loss(
+        logits, batch['actions'], mask3, model.branches,
+        epsilon=config.loss.label_smoothing, beta=config.loss.beta)
+    return total, per_branch
+
+  (loss, per_branch), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  extra = {}
+  if all(m in model.branches for m in MODALITIES):
+    extra['modality_losses'] = {m: per_branch[m] for m in MODALITIES}
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  metrics.update({f'loss_{b}': v for b, v in per_branch.items()})
+  if extra:
+    modulation = opt_state[0]
+    metrics['modulation_ratio'] = modulation.ratio
+    for i, m in enumerate(sorted(MODALITIES)):
+      metrics[f'modulation_coeff_{m}'] = modulation.coefficients[i]
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# ============================================================================ state
+def example_inputs(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, jnp.ndarray]:
+  """Dummy model inputs of the right shapes (for init)."""
+  length = 2 * config.trajectories.max_hops + 1
+  return {'head_token': jnp.zeros((batch_size,), jnp.int32),
+          'relation_token': jnp.zeros((batch_size,), jnp.int32),
+          'actions': jnp.zeros((batch_size, length), jnp.int32),
+          'rtg': jnp.zeros((batch_size, length), jnp.float32),
+          'fig': jnp.zeros((batch_size, config.features.fig_dim), jnp.float32),
+          'ocr': jnp.zeros((batch_size, config.features.ocr_dim), jnp.float32),
+          'fig_present': jnp.zeros((batch_size,), bool),
+          'ocr_present': jnp.zeros((batch_size,), bool)}
+
+
+def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
+                 tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+                 ) -> tuple[Callable[[jax.Array], TrainState], TrainState, TrainState]:
+  """`(init_fn, abstract_state, state_sharding)`: shapes from `jax.eval_shape`, nothing allocated.
+
+  Parameter shardings come from the logical axis names on the parameters and `config.mesh.rules`;
+  optimiser moments follow their parameters; scalars (step, modulation state) are replicated.
+  """
+  inputs = example_inputs(config)
+
+  def init_boxed(rng):
+    return model.init({'params': rng, 'dropout': rng}, inputs, train=False)['params']
+
+  def init(rng):
+    params = nn.meta.unbox(init_boxed(rng))
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
+
+  rng = jax.random.key(config.seed)
+  param_sharding = sharding.logical_shardings(jax.eval_shape(init_boxed, rng), mesh,
+                                              config.mesh.rules)
+  abstract = jax.eval_shape(init, rng)
+  replicated = sharding.replicated(mesh)
+  opt_sharding = follow_params(abstract.opt_state, abstract.params, param_sharding, replicated)
+  state_sharding = TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding)
+  return init, abstract, state_sharding
+
+
+def follow_params(opt_state: Any, params: Any, param_sharding: Any, default: Any) -> Any:
+  """Shardings for an optimiser state: a leaf whose key path ends with a parameter's path (and has its
+  shape) gets that parameter's sharding (Adam's moments); any other leaf gets `default`.
+
+  (`optax.tree_map_params` would do this, but it initialises the optimiser on a placeholder object,
+  which the modulation transform rightly rejects because it cannot label it.)
+  """
+  by_path = {}
+  for (path, leaf), shard in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                 jax.tree.leaves(param_sharding)):
+    by_path[tuple(path)] = (leaf.shape, shard)
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      match = by_path.get(tuple(path[start:]))
+      if match is not None and match[0] == leaf.shape:
+        return match[1]
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
+def restore_target(abstract: TrainState, state_sharding: TrainState) -> TrainState:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, state_sharding)
+
+
+def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {k: json.loads(config[k].to_json()) if hasattr(config[k], 'to_json') else config[k]
+          for k in CHECKPOINT_KEYS}
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume checkpoints made with a different model/optimiser configuration."""
+  path = os.path.join(workdir, 'train_config.json')
+  current = _fingerprint(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != current:
+      changed = sorted(k for k in current if saved.get(k) != current[k])
+      raise ValueError(f'{path}: the checkpoints in {workdir} were made with different config '
+                       f'sections {changed}; use a new --workdir or restore the old values')
+  elif jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.max_to_keep, create=True))
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, num_tokens: int,
+                   step: int | None = None) -> tuple[nn.Module, Any, int]:
+  """Loads `(model, params, step)` of the latest (or given) checkpoint, for evaluation."""
+  model = imkga.build_model(config, num_tokens)
+  mesh = sharding.make_mesh(config.mesh)
+  _, abstract, state_sharding = state_layout(config, model, make_optimizer(config, model.branches),
+                                             mesh)
+  manager = checkpoint_manager(workdir, config)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; '
+                            'run --mode=train first')
+  state = manager.restore(step, args=ocp.args.StandardRestore(restore_target(abstract,
+                                                                             state_sharding)))
+  return model, state.params, int(step)
+
+
+# ============================================================================ loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices: list[jax.Device] | None = None,
+                       on_metrics: Callable[[int, dict[str, float]], None] | None = None
+                       ) -> dict[str, float]:
+  """Trains to `config.train.num_steps`, resuming from the latest checkpoint.
+
+  Args:
+    config: the full config (configs/default.py).
+    workdir: holds `prepared/` (from --mode=prepare); checkpoints and events are written here.
+    devices: devices of the mesh (default: all).
+    on_metrics: called as `on_metrics(step, metrics)` at every logging step.
+
+  Returns:
+    The metrics of the last logging step (empty when there was nothing left to train).
+  """
+  sharding.maybe_initialize_distributed(config.mesh)
+  prepared = os.path.join(workdir, 'prepared')
+  kg = kg_lib.KnowledgeGraph.load(prepared)
+  check_resume_config(config, workdir)
+  model = imkga.build_model(config, kg.num_tokens)
+  tx = make_optimizer(config, model.branches)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  replicated = sharding.replicated(mesh)
+
+  global_batch = config.train.batch_size
+  if global_batch % jax.process_count() or global_batch % mesh.shape[config.mesh.axes[0]]:
+    raise ValueError(f'train.batch_size={global_batch} must be divisible by the number of processes '
+                     f'({jax.process_count()}) and by the data axis ({mesh.shape[config.mesh.axes[0]]})')
+
+  init, abstract, state_sharding = state_layout(config, model, tx, mesh)
+  manager = checkpoint_manager(workdir, config)
+  start_step = manager.latest_step() or 0
+  if start_step:
+    state = manager.restore(start_step,
+                            args=ocp.args.StandardRestore(restore_target(abstract, state_sharding)))
+    logging.info('resumed from checkpoint step %d', start_step)
+  else:
+    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
+
+  table = jax.device_put({k: jnp.asarray(v) for k, v in
+                          load_feature_table(prepared, kg.num_entities, config).items()}, replicated)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, config=config,
+                        entity_offset=kg.entity_offset),
+      in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=(0,))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+  schedule = learning_rate_schedule(config)
+  batches = input_pipeline.create_train_iterator(prepared, config, skip_batches=start_step)
+  rng = jax.random.key(config.seed)
+  num_steps = config.train.num_steps
+  last = {}
+  timer_start, timer_steps = time.time(), 0
+  bar = tqdm(total=num_steps, initial=start_step, desc='train', unit='step',
+             disable=jax.process_index() > 0)
+  for step in range(start_step, num_steps):
+    batch = sharding.global_batch(next(batches), batch_sharding)
+    state, metrics = step_fn(state, batch, table, rng)
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      manager.wait_until_finished()
+      raise NonFiniteLossError(
+          f'loss is {loss} at step {step + 1}; stopped without saving. The last good checkpoint is step '
+          f'{manager.latest_step()} in {os.path.join(workdir, CHECKPOINT_DIR)}')
+    bar.update(1)
+    timer_steps += 1
+    done = step + 1
+    if done % config.train.log_every == 0 or done == num_steps:
+      elapsed = time.time() - timer_start
+      last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      last['learning_rate'] = float(schedule(step))
+      last['trajectories_per_second'] = timer_steps * global_batch / max(elapsed, 1e-9)
+      writer.write_scalars(done, last)
+      if on_metrics is not None:
+        on_metrics(done, last)
+      bar.set_postfix(loss=f'{loss:.4f}')
+      timer_start, timer_steps = time.time(), 0
+    if done % config.train.checkpoint_every == 0 or done == num_steps:
+      manager.save(done, args=ocp.args.StandardSave(state))
+  bar.close()
+  manager.wait_until_finished()
+  writer.flush()
+  return last
+
+
+def _flat_config(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat_config(value, f'{prefix}{key}.'))
+    elif isinstance(value, (int, float, str, bool)):
+      out[prefix + key] = value
+  return out
