@@ -102,8 +102,10 @@ def direction_queries(kg: kg_lib.KnowledgeGraph, split: str, max_queries: int = 
                       ) -> dict[str, np.ndarray]:
   """`{'tail': [q, 3], 'head': [q, 3]}` rows (query head, query relation in [0, 2R), answer)."""
   triples = kg.split(split)
-  if max_queries >= 0:
-    triples = triples[:max_queries]
+  if 0 <= max_queries < len(triples):
+    # A fixed, seeded subset spread over the whole split (splits may be ordered by relation).
+    keep = np.sort(np.random.default_rng(0).choice(len(triples), max_queries, replace=False))
+    triples = triples[keep]
   h, r, t = triples[:, 0], triples[:, 1], triples[:, 2]
   return {'tail': np.stack([h, r, t], axis=1).astype(np.int32),
           'head': np.stack([t, kg.inverse_relation(r), h], axis=1).astype(np.int32)}
@@ -204,9 +206,11 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
   """Metrics of one split for tail, head and both; explanation rows if `explain`.
 
   Returns:
-    `({'tail'|'head'|'both': metrics}, explanations)`.
+    `({'tail'|'head'|'both': metrics, 'by_relation': {relation: {'tail'|'head'|'both': metrics}}},
+    explanations)`; `by_relation` groups queries by the triple's (base) relation name.
   """
   metrics, explanations, all_ranks, all_reached = {}, [], [], []
+  per_relation = {}
   for direction, queries in direction_queries(kg, split, config.decode.max_queries).items():
     indptr, known = kg.filter_csr(queries[:, :2])
     ranks, reached = np.zeros(len(queries)), np.zeros(len(queries), bool)
@@ -229,9 +233,19 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
               'answers': answers_with_paths(kg, result.seqs[i], result.score[i], result.answer[i],
                                             config.decode.num_explanations)})
     metrics[direction] = ranking_metrics(ranks, reached)
+    base = queries[:, 1] % kg.num_relations
+    for rid in np.unique(base):
+      rows_r = base == rid
+      per_relation.setdefault(kg.relations[rid], {})[direction] = (ranks[rows_r], reached[rows_r])
     all_ranks.append(ranks)
     all_reached.append(reached)
   metrics['both'] = ranking_metrics(np.concatenate(all_ranks), np.concatenate(all_reached))
+  metrics['by_relation'] = {}
+  for name, parts in sorted(per_relation.items()):
+    out = {d: ranking_metrics(*parts[d]) for d in parts}
+    out['both'] = ranking_metrics(np.concatenate([parts[d][0] for d in parts]),
+                                  np.concatenate([parts[d][1] for d in parts]))
+    metrics['by_relation'][name] = out
   return metrics, explanations
 
 
@@ -243,9 +257,18 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def write_metrics(workdir: str, metrics: Mapping[str, Any]) -> str:
-  """Writes `WORKDIR/metrics.json` atomically; returns its path."""
+  """Writes `WORKDIR/metrics.json` atomically (tail/head/both per split); returns its path.
+
+  Each split's `by_relation` entry (from `evaluate_split`), if any, goes to
+  `WORKDIR/metrics_by_relation.json` instead, so metrics.json keeps its documented shape.
+  """
+  main = {split: {k: v for k, v in m.items() if k != 'by_relation'} for split, m in metrics.items()}
+  by_relation = {split: m['by_relation'] for split, m in metrics.items() if 'by_relation' in m}
+  if by_relation:
+    _atomic_write(os.path.join(workdir, BY_RELATION_FILE),
+                  json.dumps(by_relation, indent=2, sort_keys=True) + '\n')
   path = os.path.join(workdir, METRICS_FILE)
-  _atomic_write(path, json.dumps(metrics, indent=2, sort_keys=True) + '\n')
+  _atomic_write(path, json.dumps(main, indent=2, sort_keys=True) + '\n')
   return path
 
 
@@ -334,15 +357,42 @@ def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, ...]
   return kg, params, step, features, decode_fn, constraint
 
 
+EVAL_STATE_FILE = 'eval_state.json'
+BY_RELATION_FILE = 'metrics_by_relation.json'
+
+
+def _eval_fingerprint(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+  return {'checkpoint_step': int(step), 'decode': json.loads(config.decode.to_json()),
+          'rtg': json.loads(config.rtg.to_json())}
+
+
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: bool = False
                    ) -> dict[str, Any]:
   """`--mode=eval`: valid/test metrics of the latest checkpoint -> metrics.json, explanations.jsonl.
 
+  Also writes `metrics_by_relation.json` (per base relation, tail/head/both). Skipped, returning the
+  stored metrics, when they were made from the same checkpoint step and decode settings.
+
   Args:
     config: the run's config.
     workdir: holds `prepared/` and `checkpoints/`.
-    summary: also print the metrics table (the `all` mode's final summary); it is logged anyway.
+    summary: also print the metrics table and three example answers with their paths (the `all`
+      mode's final summary); the table is logged anyway.
   """
+  from imkga_jax import train  # pylint: disable=g-import-not-at-top
+  state_path = os.path.join(workdir, EVAL_STATE_FILE)
+  latest = train.checkpoint_manager(workdir, config).latest_step()
+  if latest is not None and os.path.exists(state_path):
+    with open(state_path, encoding='utf-8') as f:
+      done = json.load(f)
+    if done == _eval_fingerprint(config, latest):
+      logging.info('evaluation of checkpoint step %d is up to date (%s), skipped', latest,
+                   state_path)
+      with open(os.path.join(workdir, METRICS_FILE), encoding='utf-8') as f:
+        metrics = json.load(f)
+      if summary:
+        print(format_summary(metrics, workdir))
+      return metrics
   kg, params, step, features, decode_fn, constraint = _restore(config, workdir)
   metrics, explanations = {}, []
   for split in ('valid', 'test'):
@@ -352,12 +402,31 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
   if jax.process_index() == 0:
     write_metrics(workdir, metrics)
     write_explanations(workdir, explanations)
-  table = format_metrics(metrics)
+    _atomic_write(state_path, json.dumps(_eval_fingerprint(config, step)))
+  metrics = {split: {k: v for k, v in m.items() if k != 'by_relation'}
+             for split, m in metrics.items()}
   logging.info('evaluation of checkpoint step %d (beam %d, %s):\n%s', step, config.decode.beam_size,
-               'constrained' if constraint is not None else 'unconstrained', table)
+               'constrained' if constraint is not None else 'unconstrained',
+               format_metrics(metrics))
   if summary:
-    print(table)
+    print(format_summary(metrics, workdir))
   return metrics
+
+
+def format_summary(metrics: Mapping[str, Any], workdir: str, examples: int = 3) -> str:
+  """The metrics table and the first `examples` test answers (tail queries) with their paths."""
+  lines = ['', 'Filtered ranking metrics:', format_metrics(metrics), '',
+           f'Example answers (first {examples} test queries, top 3 answers each, with paths):']
+  path = os.path.join(workdir, EXPLANATIONS_FILE)
+  with open(path, encoding='utf-8') as f:
+    rows = [json.loads(line) for line in f]
+  for row in [r for r in rows if r['direction'] == 'tail'][:examples]:
+    q = row['query']
+    lines.append(f"  ({q['head']}, {q['relation']}, ?)  true answer: {q['answer']}  "
+                 f"rank {row['rank']:g}")
+    for a in row['answers'][:3]:
+      lines.append(f"    {a['score']:8.4f}  {a['entity']:<24} via  {' -> '.join(a['path'])}")
+  return '\n'.join(lines)
 
 
 def run_prediction(config: ml_collections.ConfigDict, workdir: str, query: str

@@ -111,6 +111,7 @@ def test_evaluate_split_end_to_end_with_a_stub():
   config, decode_fn, table, features = stub_setup(kg)
   metrics, rows = evaluate.evaluate_split(decode_fn, table, kg, 'test', config, features,
                                           explain=True)
+  by_relation = metrics.pop('by_relation')
   index = kg.filter_index()
   all_ranks = []
   for direction in ('tail', 'head'):
@@ -120,6 +121,12 @@ def test_evaluate_split_end_to_end_with_a_stub():
         h, r, t = t, kg.inverse_relation(r), h
       ranks.append(rank_reference(np.asarray(table[h, r]), t, index[(h, r)]))
     all_ranks += ranks
+    # Per-relation breakdown: the same ranks grouped by the triple's relation.
+    for rid in np.unique(kg.test[:, 1]):
+      expected = np.array(ranks)[kg.test[:, 1] == rid]
+      got = by_relation[kg.relations[rid]][direction]
+      assert got['queries'] == len(expected)
+      assert got['mrr'] == pytest.approx(np.mean(1 / expected), rel=1e-6)
     m = metrics[direction]
     assert m['mrr'] == pytest.approx(np.mean(1 / np.array(ranks)), rel=1e-6)
     assert m['hits@1'] == pytest.approx(np.mean(np.array(ranks) <= 1))
