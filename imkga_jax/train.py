@@ -178,7 +178,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
     logits = model.apply({'params': params}, inputs, train=True, rngs={'dropout': dropout_rng})
     total, per_branch = losses.path_loss(
         logits, batch['actions'], mask3, model.branches,
-        epsilon=config.loss.label_smoothing, beta=config.loss.beta)
+        epsilon=config.loss.label_smoothing, beta=config.loss.beta,
+        token_keep=inputs['token_keep'])
     return total, per_branch
 
   (loss, per_branch), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
