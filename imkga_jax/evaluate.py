@@ -328,7 +328,9 @@ def format_predictions(query: str, answers: list[Mapping[str, Any]]) -> str:
 def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
                   batch_sharding: NamedSharding | None = None) -> tuple[DecodeFn, Any]:
   """`(decode_fn, constraint)` for an IMKGA model and the config's decode section."""
-  branch = decode.branch_index(tuple(model.branches), config.decode.branch)
+  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
+  branches = tuple(model.branches)
+  branch_name = branches[decode.branch_index(branches, config.decode.branch)]
   if batch_sharding is not None:
     spec = batch_sharding.spec[0] if len(batch_sharding.spec) else None
     axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
@@ -337,7 +339,9 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       raise ValueError(f'decode.batch_size={config.decode.batch_size} must be divisible by the '
                        f'{shards} devices of the data axis; set --config.decode.batch_size')
   decode_fn = make_decode_fn(
-      lambda p, x: decode.make_tokens_to_logits(model, p, x, branch), decode.TokenSpace.from_kg(kg),
+      # Only the decoding branch runs (a third of the work for the three-branch variants).
+      lambda p, x: decode.make_tokens_to_logits(*imkga.select_branch(model, p, branch_name), x, 0),
+      decode.TokenSpace.from_kg(kg),
       beam_size=config.decode.beam_size, max_len=2 * config.trajectories.max_hops + 1,
       rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
       batch_sharding=batch_sharding)

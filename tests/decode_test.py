@@ -254,8 +254,13 @@ def test_adapter_equals_model_apply(variant, branch):
   index = decode.branch_index(model.branches, branch)
   context = {k: x for k, x in inputs.items() if k not in ('actions', 'rtg')}
   fn = jax.jit(lambda a, r, s: decode.make_tokens_to_logits(model, params, context, index)(a, r, s))
+  # The single-branch model used for decoding (imkga.select_branch) gives the same logits.
+  single = jax.jit(lambda a, r, s: decode.make_tokens_to_logits(
+      *imkga.select_branch(model, params, model.branches[index]), context, 0)(a, r, s))
   for step in (0, 3, 6):
     np.testing.assert_allclose(fn(inputs['actions'], inputs['rtg'], jnp.int32(step)),
+                               full[index, :, step], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(single(inputs['actions'], inputs['rtg'], jnp.int32(step)),
                                full[index, :, step], rtol=1e-5, atol=1e-5)
 
 
