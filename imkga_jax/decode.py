@@ -23,10 +23,11 @@ Return-to-go tokens are recomputed each step with the target unknown (DESIGN §3
 `imkga_jax.rtg.next_rtg_target_unknown` (the ½·R̂1 rule for entities, 0 for relations, extra r_bad for
 a wrong-kind action), the same arithmetic that wrote the training targets.
 
-Allowed tokens. Unconstrained mode (SQUIRE's published setting) only prunes dead ends: `<pad>`,
-`<bos>`, `<mask>` are never emitted, `<eos>` only right after an entity (a beam ending otherwise
-has no answer), no relation at steps ≥ L - 2 (it could not be followed by entity and `<eos>`), only
-`<eos>` at the last step. Any kind order is otherwise allowed. Graph-constrained mode allows only valid
+Allowed tokens. Unconstrained mode (SQUIRE's published setting, no graph) enforces only the path
+grammar the model is trained on, so every finished beam is a readable explanation: the first action is
+a relation or an entity (the direct form), a relation is followed by an entity, a path entity by a
+relation or `<eos>`, a step-0 entity only by `<eos>`; `<pad>`, `<bos>`, `<mask>` are never emitted and
+no relation comes where an entity and `<eos>` could no longer follow. Graph-constrained mode allows only valid
 moves in the TRAIN graph with inverses (`GraphConstraint`): at step 0 the relations leaving the head
 OR any entity (the direct form `t <eos>`: the model is trained on it for triples no rule grounds, and
 such targets are usually not graph neighbours); after a step-0 entity only `<eos>`; after a relation
@@ -151,15 +152,23 @@ class DecodeResult:
 
 
 def _allowed_unconstrained(seqs: jax.Array, step: jax.Array, space: TokenSpace) -> jax.Array:
-  """`[batch, K, V]` bool (a broadcast expression XLA fuses): dead-end pruning only."""
+  """`[batch, K, V]` bool (a broadcast expression XLA fuses): the path grammar, no graph.
+
+  First action: a relation or an entity (the direct form); after a relation: an entity; after a path
+  entity: a relation or `<eos>`; after a step-0 entity (direct form): only `<eos>`. Relations only
+  where an entity and `<eos>` can still follow; never a special token other than `<eos>`.
+  """
   max_len = seqs.shape[-1]
   tok = lax.broadcasted_iota(jnp.int32, (1, 1, space.num_tokens), 2)  # [1, 1, V]
   prev = lax.dynamic_index_in_dim(seqs, jnp.maximum(step - 1, 0), axis=2, keepdims=False)  # [b, K]
-  prev_is_entity = (step >= 1) & space.is_entity(prev)  # [b, K]
-  last = step == max_len - 1
-  return ((space.is_entity(tok) & ~last)
-          | (space.is_relation(tok) & (step < max_len - 2))
-          | ((tok == kg_lib.EOS) & prev_is_entity[..., None]))
+  start = step == 0
+  prev_is_entity = (~start & space.is_entity(prev))[..., None]  # [b, K, 1]
+  prev_is_relation = (~start & space.is_relation(prev))[..., None]  # [b, K, 1]
+  relation_ok = step < max_len - 2
+  entity_ok = step < max_len - 1
+  return ((space.is_relation(tok) & relation_ok & (start | (prev_is_entity & (step >= 2))))
+          | (space.is_entity(tok) & entity_ok & (start | prev_is_relation))
+          | ((tok == kg_lib.EOS) & prev_is_entity))
 
 
 def _allowed_in_graph(seqs: jax.Array, step: jax.Array, head_entity: jax.Array,

@@ -34,10 +34,15 @@ def allowed_reference(prefix, head, space, max_len, edges):
   relations = list(range(space.relation_offset, space.entity_offset))
   prev = prefix[-1] if prefix else None
   prev_is_entity = prev is not None and prev >= space.entity_offset
+  prev_is_relation = prev is not None and space.relation_offset <= prev < space.entity_offset
   if edges is None:
+    # The path grammar: start -> relation | entity; relation -> entity; path entity -> relation |
+    # <eos>; step-0 entity -> <eos>.
     out = [EOS] if prev_is_entity else []
-    out += entities if s < max_len - 1 else []
-    out += relations if s < max_len - 2 else []
+    if s < max_len - 1 and (s == 0 or prev_is_relation):
+      out += entities
+    if s < max_len - 2 and (s == 0 or (prev_is_entity and s >= 2)):
+      out += relations
     return out
   def out_relations(e):
     return sorted({space.relation_offset + r for r, _ in edges.get(e, ())})

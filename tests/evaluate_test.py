@@ -146,12 +146,15 @@ def test_evaluate_split_end_to_end_with_a_stub():
 
 def test_small_beam_leaves_targets_unreached():
   kg = tiny_kg()
-  config, decode_fn, table, features = stub_setup(kg, beam=3)
+  beam = kg.num_entities // 2
+  config, decode_fn, table, features = stub_setup(kg, beam=beam)
   metrics, _ = evaluate.evaluate_split(decode_fn, table, kg, 'test', config, features)
-  # The 3 best entities of step 0 are always reached (`t <eos>`); a few more through `t e <eos>`.
-  in_top3 = [t in np.argsort(-np.asarray(table[h, r]))[:3] for h, r, t in kg.test]
+  # Exactly the `beam` best entities of step 0 are reached (`t <eos>`; the grammar allows nothing
+  # after a step-0 entity but <eos>, and `r e <eos>` paths score -30 per token under the stub).
+  in_top = [t in np.argsort(-np.asarray(table[h, r]))[:beam] for h, r, t in kg.test]
   assert 0.0 < metrics['tail']['reached'] < 1.0
-  assert metrics['tail']['reached'] >= np.mean(in_top3)
+  assert metrics['tail']['reached'] == pytest.approx(np.mean(in_top))
+  in_top3 = [t in np.argsort(-np.asarray(table[h, r]))[:3] for h, r, t in kg.test]
   assert metrics['tail']['hits@3'] >= np.mean(in_top3)  # filtering only moves targets up
 
 
