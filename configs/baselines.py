@@ -92,6 +92,10 @@ def get_config(arg: str = 'complex,synthetic') -> ml_collections.ConfigDict:
   b.patience = 5
   # Queries per scoring call during evaluation.
   b.eval_batch_size = 512
+  # Final valid/test evaluation on this many triples per split (the seeded subset of
+  # evaluate.direction_queries, as decode.max_queries does for IMKGA-SM); -1 = all. Early stopping
+  # always uses the whole valid split.
+  b.max_queries = -1
   # Show a tqdm progress bar over epochs.
   b.progress_bar = True
   # Model-specific fields of the flax module (see imkga_jax/baselines/models.py).

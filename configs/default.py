@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.features.vgg_layer = 'predictions'
   # Local VGG16 weights (.h5, .weights.h5, .pth or .safetensors); '' = seeded random init (warned).
   config.features.vgg_weights = ''
+  # Square side images are resized to for VGG16 (224 unless vgg_layer='gap', which takes any size;
+  # 112 costs a quarter of the FLOPs).
+  config.features.vgg_image_size = 224
   # Images per VGG16 batch.
   config.features.batch_size = 32
   # OCR engine: 'rapidocr' (default) or 'easyocr' (optional extra).
@@ -112,6 +115,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.trajectories.max_hops = 3
   # Random-walk trajectories that miss t (written with R1 = r_bad), per positive trajectory.
   config.trajectories.negative_share = 0.1
+  # Queries that also get the direct trajectory `t <eos>` although a rule grounds them: 'none' (the
+  # paper's reading: only ungrounded ones), 'image_heads' (heads with an image) or 'all'.
+  config.trajectories.also_direct = 'none'
   # TFRecord shards written (>= number of processes that will read them).
   config.trajectories.num_shards = 8
   # Threads of the tf.data reader (its private pool; keeps TF from taking every core).
@@ -223,4 +229,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).
   config.decode.max_queries = -1
+  # Splits --mode=eval evaluates, comma-separated.
+  config.decode.splits = 'valid,test'
   return config

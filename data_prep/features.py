@@ -212,7 +212,7 @@ def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
     t = time.perf_counter()
     params, preprocess = vgg16.load_or_init(fc.vgg_weights, config.seed)
     vectors, ok = vgg16.extract_features(paths, params, preprocess=preprocess, layer=fc.vgg_layer,
-                                         batch_size=fc.batch_size)
+                                         batch_size=fc.batch_size, image_size=fc.vgg_image_size)
     del params
     timings['vgg_seconds'] = round(time.perf_counter() - t, 2)
     texts, ocr_stats = ocr_future.result() if ocr_future else run_ocr()

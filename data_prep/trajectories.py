@@ -157,6 +157,28 @@ def image_similarity(actions: np.ndarray, target: np.ndarray, kg: kg_lib.Knowled
   return sim, known
 
 
+ALSO_DIRECT = ('none', 'image_heads', 'all')
+
+
+def also_direct_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray, mode: str) -> np.ndarray:
+  """Which queries get the direct trajectory `t <eos>` even when a rule grounds them, `[q] bool`.
+
+  'none': only ungrounded queries are direct (SQUIRE's and the paper's reading); 'image_heads': also
+  every query whose head entity has an image, so the model learns to answer from h_fig / h_ocr (facts
+  that only the image shows have no path at test time); 'all': every query, so step 0 also scores
+  every entity for every training query, like a 1-vs-all embedding model.
+  """
+  if mode not in ALSO_DIRECT:
+    raise ValueError(f'trajectories.also_direct must be one of {ALSO_DIRECT}, got {mode!r}')
+  if mode == 'all':
+    return np.ones(len(queries), bool)
+  if mode == 'none' or not kg.images:
+    return np.zeros(len(queries), bool)
+  has_image = np.zeros(kg.num_entities, bool)
+  has_image[[kg.entity_id(name) for name in kg.images]] = True
+  return has_image[queries[:, 0]]
+
+
 def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph,
              ruleset: rules_lib.RuleSet, images, seed: int) -> tuple[Trajectories, dict]:
   """Grounds, adds direct and negative trajectories and computes both return-to-go rows."""
@@ -170,7 +192,7 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   grounding_seconds = time.time() - start
   grounded = np.zeros(len(queries), bool)
   grounded[paths.query] = True
-  direct = np.flatnonzero(~grounded)
+  direct = np.flatnonzero(~grounded | also_direct_mask(kg, queries, config.trajectories.also_direct))
   rng = np.random.default_rng([seed, 47])
   num_pos = len(paths.query) + len(direct)
   num_neg = int(round(float(config.trajectories.negative_share) * num_pos))
@@ -201,7 +223,8 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   stats = {'queries': int(len(queries)), 'queries_with_rule_paths': int(grounded.sum()),
            'rule_paths': int(len(paths.query)),
            'paths_per_hops': {str(n): int(hops[n]) for n in range(1, max_hops + 1)},
-           'direct': int(len(direct)), 'direct_share': round(len(direct) / max(num_pos, 1), 4),
+           'direct': int(len(direct)), 'direct_also_grounded': int(grounded[direct].sum()),
+           'direct_share': round(len(direct) / max(num_pos, 1), 4),
            'negatives': int(len(neg_q)), 'negatives_requested': num_neg,
            'self_loop_queries': int(np.sum(queries[:, 0] == queries[:, 2])),
            'examples': int(len(traj)), 'seq_len': seq_len,

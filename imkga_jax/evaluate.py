@@ -370,6 +370,15 @@ def _eval_fingerprint(config: ml_collections.ConfigDict, step: int) -> dict[str,
           'rtg': json.loads(config.rtg.to_json())}
 
 
+def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits named by `config.decode.splits` ('valid,test' by default), checked."""
+  splits = tuple(s.strip() for s in config.decode.splits.split(',') if s.strip())
+  bad = [s for s in splits if s not in ('valid', 'test')]
+  if bad or not splits:
+    raise ValueError(f'decode.splits={config.decode.splits!r}: give valid, test or valid,test')
+  return splits
+
+
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: bool = False
                    ) -> dict[str, Any]:
   """`--mode=eval`: valid/test metrics of the latest checkpoint -> metrics.json, explanations.jsonl.
@@ -397,9 +406,10 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
       if summary:
         print(format_summary(metrics, workdir))
       return metrics
+  splits = eval_splits(config)
   kg, params, step, features, decode_fn, constraint = _restore(config, workdir)
   metrics, explanations = {}, []
-  for split in ('valid', 'test'):
+  for split in splits:
     metrics[split], rows = evaluate_split(decode_fn, params, kg, split, config, features, constraint,
                                           explain=(split == 'test'))
     explanations += rows

@@ -196,3 +196,37 @@ def test_negative_walks_miss_the_target():
     assert not graph.has_edge(x, h, nodes[-1])
     for i in range(hops):
       assert graph.has_edge(nodes[i], r[i], nodes[i + 1])
+
+
+@pytest.mark.parametrize('mode', ['none', 'image_heads', 'all'])
+def test_also_direct_adds_direct_trajectories_for_grounded_queries(mode):
+  kg = composition_kg()
+  kg.images = {f'p{p}': [f'/img/p{p}.jpg'] for p in range(0, 12, 2)}  # every other product
+  config = small_config()
+  config.trajectories.negative_share = 0.0
+  config.trajectories.also_direct = mode
+  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  ruleset = rules.mine_rules(kg, config, graph=graph)
+  traj, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)
+  queries = kg.with_inverses('train')
+  direct = traj.kind == input_pipeline.KIND_DIRECT
+  rule = traj.kind == input_pipeline.KIND_RULE
+  grounded = set(zip(traj.head_token[rule].tolist(), traj.relation_token[rule].tolist(),
+                     traj.target[rule].tolist()))
+  heads = kg.entity_token(queries[:, 0])
+  keys = list(zip(heads.tolist(), kg.relation_token(queries[:, 1]).tolist(), queries[:, 2].tolist()))
+  image_head = np.isin(queries[:, 0], [kg.entity_id(n) for n in kg.images])
+  expected = {k for k, img in zip(keys, image_head)
+              if k not in grounded or mode == 'all' or (mode == 'image_heads' and img)}
+  got = set(zip(traj.head_token[direct].tolist(), traj.relation_token[direct].tolist(),
+                traj.target[direct].tolist()))
+  assert got == expected and int(direct.sum()) == len(expected) == stats['direct']
+  assert stats['direct_also_grounded'] == len(expected & grounded)
+  assert (stats['direct_also_grounded'] > 0) == (mode != 'none')
+  np.testing.assert_array_equal(traj.actions[direct, 1], kg_lib.EOS)
+
+
+def test_also_direct_rejects_unknown_mode():
+  kg = composition_kg()
+  with pytest.raises(ValueError, match='trajectories.also_direct'):
+    trajectories.also_direct_mask(kg, kg.with_inverses('train'), 'images')

@@ -170,15 +170,18 @@ def make_scorer(model: nn.Module) -> Callable:
 
 
 def rank_split(score: Callable, state: TrainState, graph: kg_lib.KnowledgeGraph, split: str,
-               batch_size: int) -> dict[str, dict[str, np.ndarray]]:
-  """Filtered ranks of every query of `split` in both directions (`evaluate.filtered_ranks`).
+               batch_size: int, max_queries: int = -1) -> dict[str, dict[str, np.ndarray]]:
+  """Filtered ranks of the queries of `split` in both directions (`evaluate.filtered_ranks`).
+
+  `max_queries >= 0` ranks the same seeded subset of triples as `evaluate.direction_queries` (so
+  the figures compare with an IMKGA-SM evaluation run with the same `decode.max_queries`).
 
   Returns:
     `{'tail'|'head': {'ranks' [n] float, 'reached' [n] bool, 'relations' [n] int}}`; head queries are
     asked as `(t, r + R, ?)` (`evaluate.direction_queries`), ties get the mean rank.
   """
   out = {}
-  for direction, queries in evaluate.direction_queries(graph, split).items():  # [n, 3] each
+  for direction, queries in evaluate.direction_queries(graph, split, max_queries).items():  # [n, 3] each
     indptr, known = graph.filter_csr(queries[:, :2])
     ranks, reached = [], []
     for start in range(0, len(queries), batch_size):
@@ -316,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   metrics = {}
   for split in ('valid', 'test'):
-    ranked = rank_split(score, best, graph, split, b.eval_batch_size)
+    ranked = rank_split(score, best, graph, split, b.eval_batch_size, b.max_queries)
     metrics[split] = summarize(ranked)
   by_relation = metrics_by_relation(ranked, graph)  # `ranked` is the test split here.
   evaluate.write_metrics(workdir, metrics)

@@ -1,0 +1,284 @@
+"""The paper's Table 3 protocol on this project's datasets: baselines and IMKGA-SM variants side by side.
+
+Every row is one real command (`launch.py` for IMKGA-SM, `imkga_jax.baselines.train` for the five
+embedding baselines) run in its own workdir under `--out`; rows whose workdir already holds the
+metrics of the same command are not re-run. The script then reads each `metrics.json` /
+`metrics_by_relation.json` and writes a markdown table shaped like Table 3 (test MRR, Hits@1/3/10,
+both directions, filtered), a per-relation breakdown (tail queries of the relations whose answer only
+the image or its text shows vs structure relations, from the synthetic generator's
+`synthetic_meta.json`), and a PNG bar chart of MRR per model.
+
+Every row is evaluated on the same seeded subset of test triples (`--max_queries`, both directions):
+IMKGA-SM through `decode.max_queries`, the baselines through `baseline.max_queries`.
+
+Usage:
+  python benchmarks/table3.py --dataset=synthetic --out=/tmp/table3
+  python benchmarks/table3.py --dataset=umls --root=../shared/datasets/umls --out=/tmp/table3
+  python benchmarks/table3.py --dataset=synthetic --study=ablations --out=/tmp/table3
+Add `--write` to put the tables into benchmarks/RESULTS.md (between markers, replacing an older copy).
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+BASELINES = ('transe', 'distmult', 'complex', 'rotate', 'tucker')
+IMAGE_KINDS = ('image', 'ocr')
+# Published figures (shared/datasets/README.md): test MRR / Hits@1 / Hits@10, both directions.
+PUBLISHED = {
+    'umls': [('ConvE (its authors)', 0.94, 0.92, 0.99), ('ComplEx (NTP paper, own split)', 0.89, 0.82, 1.00)],
+    'kinship': [('ConvE (its authors)', 0.83, 0.73, 0.98),
+                ('ComplEx (NTP paper, own split)', 0.81, 0.70, 0.98)],
+}
+
+
+def imkga_config(dataset: str) -> str:
+  return os.path.join('configs', f'{dataset}.py')
+
+
+def rows_for(args) -> list[dict]:
+  """The runs of one table: name, workdir, argv (relative to the repository root)."""
+  ds, out = args.dataset, os.path.join(args.out, args.dataset)
+  data = [] if ds == 'synthetic' else [f'--config.data.root={args.root}']
+  common = data + [f'--config.decode.max_queries={args.max_queries}', '--config.decode.splits=test']
+  imkga = common + [f'--config.train.num_steps={args.steps}'] if args.steps else common
+  rows = []
+  if args.study == 'table3':
+    variants = ('no_img', 'mkg', 'rl', 'mkg_rl') if ds == 'synthetic' else ('no_img', 'rl')
+    for v in variants:
+      rows.append(dict(name=f'IMKGA-SM ({v})', kind='imkga', workdir=os.path.join(out, v),
+                       argv=['launch.py', f'--config={imkga_config(ds)}',
+                             f'--workdir={os.path.join(out, v)}', f'--config.model.variant={v}']
+                       + imkga))
+    for m in BASELINES:
+      arg = m if ds == 'synthetic' else f'{m},{ds}'
+      rows.append(dict(name=m, kind='baseline', workdir=os.path.join(out, m),
+                       argv=['-m', 'imkga_jax.baselines.train', f'--config=configs/baselines.py:{arg}',
+                             f'--workdir={os.path.join(out, m)}',
+                             f'--config.baseline.max_queries={args.max_queries}'] + data))
+    return rows
+  # Ablations on the main variant: label smoothing, modulation alpha (each a training run) and the
+  # beam size (evaluations of the default run's checkpoint).
+  base = os.path.join(out, 'mkg_rl')
+  abl = imkga + [f'--config.model.variant=mkg_rl']
+  for eps in (0.5, 0.7, 0.9):
+    wd = os.path.join(out, f'eps_{eps}')
+    rows.append(dict(name=f'ε = {eps}', kind='imkga', workdir=wd,
+                     argv=['launch.py', f'--config={imkga_config(ds)}', f'--workdir={wd}',
+                           f'--config.loss.label_smoothing={eps}'] + abl))
+  for alpha in (0.0, 0.3, 0.6):
+    wd = os.path.join(out, f'alpha_{alpha}')
+    rows.append(dict(name=f'α = {alpha}', kind='imkga', workdir=wd,
+                     argv=['launch.py', f'--config={imkga_config(ds)}', f'--workdir={wd}',
+                           f'--config.optim.alpha={alpha}'] + abl))
+  for beam in (16, 64, 256):
+    wd = os.path.join(out, f'beam_{beam}')
+    rows.append(dict(name=f'beam {beam}', kind='imkga', workdir=wd, link_checkpoints=base,
+                     argv=['launch.py', f'--config={imkga_config(ds)}', f'--workdir={wd}',
+                           f'--config.decode.beam_size={beam}', '--mode=eval'] + abl))
+  return rows
+
+
+def share_prepared(row: dict, source: str | None) -> None:
+  """Links `prepared` (and `raw`) of the first run into `row`'s workdir so the data is built once."""
+  os.makedirs(row['workdir'], exist_ok=True)
+  if source is None or os.path.abspath(source) == os.path.abspath(row['workdir']):
+    return
+  for name in ('prepared', 'raw'):
+    src, dst = os.path.join(source, name), os.path.join(row['workdir'], name)
+    if os.path.exists(src) and not os.path.lexists(dst):
+      os.symlink(os.path.abspath(src), dst)
+  if row.get('link_checkpoints'):
+    for name in ('checkpoints', 'train_config.json'):
+      src, dst = os.path.join(row['link_checkpoints'], name), os.path.join(row['workdir'], name)
+      if not os.path.lexists(dst):
+        os.symlink(os.path.abspath(src), dst)
+
+
+def run(row: dict, log_dir: str) -> float:
+  """Runs `row` unless its workdir holds metrics of the same command; returns the wall seconds."""
+  stamp = os.path.join(row['workdir'], 'table3_command.json')
+  command = [sys.executable] + row['argv']
+  metrics = os.path.join(row['workdir'], 'metrics.json')
+  if os.path.exists(stamp) and os.path.exists(metrics):
+    with open(stamp, encoding='utf-8') as f:
+      done = json.load(f)
+    if done['argv'] == row['argv']:
+      print(f'[table3] {row["name"]}: done before ({done["seconds"]:.0f} s), skipped', flush=True)
+      return done['seconds']
+  print(f'[table3] {row["name"]}: python {shlex.join(row["argv"])}', flush=True)
+  start = time.time()
+  log = os.path.join(log_dir, os.path.basename(row['workdir']) + '.log')
+  with open(log, 'w', encoding='utf-8') as f:
+    proc = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
+  seconds = time.time() - start
+  if proc.returncode:
+    raise RuntimeError(f'{row["name"]} failed (exit {proc.returncode}); see {log}')
+  with open(stamp, 'w', encoding='utf-8') as f:
+    json.dump({'argv': row['argv'], 'seconds': seconds}, f)
+  print(f'[table3] {row["name"]}: {seconds:.0f} s', flush=True)
+  return seconds
+
+
+def relation_kinds(workdirs: list[str]) -> dict[str, str]:
+  """Relation name -> evidence kind ('image', 'ocr', 'structure') from synthetic_meta.json, or {}."""
+  for wd in workdirs:
+    path = os.path.join(wd, 'raw', 'synthetic_meta.json')
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        return {name: r['evidence'] for name, r in json.load(f)['relations'].items()}
+  return {}
+
+
+def tail_by_relation(workdir: str) -> dict[str, tuple[float, int]]:
+  """Relation -> (tail MRR, tail queries) on test, for either metrics_by_relation.json layout."""
+  with open(os.path.join(workdir, 'metrics_by_relation.json'), encoding='utf-8') as f:
+    data = json.load(f)
+  if 'test' in data and isinstance(data['test'], dict) and 'tail' not in data['test']:
+    return {r: (m['tail']['mrr'], m['tail']['queries']) for r, m in data['test'].items()}
+  return {r: (m['mrr'], m.get('count', m.get('queries', 0))) for r, m in data.items()}
+
+
+def group_mrr(by_rel: dict[str, tuple[float, int]], kinds: dict[str, str], image: bool
+              ) -> tuple[float, int]:
+  """Query-weighted tail MRR over the image-evidence (or the structure) relations."""
+  picked = [(mrr, n) for r, (mrr, n) in by_rel.items() if (kinds.get(r) in IMAGE_KINDS) == image]
+  total = sum(n for _, n in picked)
+  return (sum(m * n for m, n in picked) / total if total else float('nan')), total
+
+
+def collect(rows: list[dict], kinds: dict[str, str]) -> list[dict]:
+  out = []
+  for row in rows:
+    with open(os.path.join(row['workdir'], 'metrics.json'), encoding='utf-8') as f:
+      test = json.load(f)['test']
+    entry = dict(row, both=test['both'], tail=test['tail'], head=test['head'])
+    if kinds:
+      by_rel = tail_by_relation(row['workdir'])
+      entry['by_relation'] = by_rel
+      entry['image_mrr'], entry['image_n'] = group_mrr(by_rel, kinds, True)
+      entry['structure_mrr'], entry['structure_n'] = group_mrr(by_rel, kinds, False)
+    out.append(entry)
+  return out
+
+
+def markdown(args, results: list[dict], kinds: dict[str, str]) -> str:
+  lines = [f'Test split, filtered, both directions, {results[0]["both"]["queries"]} queries '
+           f'(seeded subset of {args.max_queries} test triples; `--max_queries`).', '',
+           '| model | MRR | Hits@1 | Hits@3 | Hits@10 | tail MRR | head MRR | wall s |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in results:
+    b = r['both']
+    lines.append(f'| {r["name"]} | {b["mrr"]:.3f} | {b["hits@1"]:.3f} | {b["hits@3"]:.3f} | '
+                 f'{b["hits@10"]:.3f} | {r["tail"]["mrr"]:.3f} | {r["head"]["mrr"]:.3f} | '
+                 f'{r["seconds"]:.0f} |')
+  for name, mrr, h1, h10 in PUBLISHED.get(args.dataset, []):
+    lines.append(f'| {name} (published, full test) | {mrr:.2f} | {h1:.2f} | — | {h10:.2f} | — | — | — |')
+  if kinds:
+    image_rel = sorted(r for r, k in kinds.items() if k in IMAGE_KINDS)
+    lines += ['', 'Per relation (test tail queries): image-evidence relations '
+              f'({", ".join(image_rel)}: the answer is shown only by the image or its text) vs '
+              'structure relations; query-weighted MRR.', '',
+              '| model | image-evidence MRR (n) | structure MRR (n) | '
+              + ' | '.join(image_rel) + ' |', '|---|---|---|' + '---|' * len(image_rel)]
+    for r in results:
+      per = ' | '.join(f'{r["by_relation"].get(x, (float("nan"), 0))[0]:.3f}' for x in image_rel)
+      lines.append(f'| {r["name"]} | {r["image_mrr"]:.3f} ({r["image_n"]}) | '
+                   f'{r["structure_mrr"]:.3f} ({r["structure_n"]}) | {per} |')
+  lines += ['', 'Commands (run from the repository root; each row in its own workdir):', '']
+  lines += [f'- {r["name"]}: `python {shlex.join(r["argv"])}`' for r in results]
+  return '\n'.join(lines)
+
+
+def bar_chart(results: list[dict], title: str, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = [r['name'] for r in results]
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+  has_groups = 'image_mrr' in results[0]
+  width = 0.27 if has_groups else 0.6
+  xs = range(len(names))
+  ax.bar([x - (width if has_groups else 0) for x in xs], [r['both']['mrr'] for r in results], width,
+         label='all test queries')
+  if has_groups:
+    ax.bar(list(xs), [r['image_mrr'] for r in results], width, label='image-evidence relations (tail)')
+    ax.bar([x + width for x in xs], [r['structure_mrr'] for r in results], width,
+           label='structure relations (tail)')
+  ax.set_xticks(list(xs))
+  ax.set_xticklabels(names, rotation=30, ha='right')
+  ax.set_ylabel('filtered MRR')
+  ax.set_ylim(0, 1)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_results(section: str, body: str) -> None:
+  """Replaces (or appends) the block between this section's markers in benchmarks/RESULTS.md."""
+  path = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
+  begin, end = f'<!-- {section}: begin -->', f'<!-- {section}: end -->'
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  block = f'{begin}\n{body}\n{end}'
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+  else:
+    text = text.rstrip('\n') + '\n\n' + block + '\n'
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--dataset', default='synthetic', choices=('synthetic', 'umls', 'kinship'))
+  parser.add_argument('--root', default='', help='raw KG folder (umls / kinship)')
+  parser.add_argument('--out', required=True, help='folder of the runs')
+  parser.add_argument('--study', default='table3', choices=('table3', 'ablations'))
+  parser.add_argument('--steps', type=int, default=0, help='IMKGA-SM train steps (0: the config)')
+  parser.add_argument('--max_queries', type=int, default=600,
+                      help='test triples evaluated per row (seeded subset; -1 = all)')
+  parser.add_argument('--only', default='', help='comma-separated row workdir names to run')
+  parser.add_argument('--write', action='store_true', help='write the tables into RESULTS.md')
+  args = parser.parse_args()
+  if args.dataset != 'synthetic' and not args.root:
+    parser.error(f'--dataset={args.dataset} needs --root=PATH (e.g. ../shared/datasets/{args.dataset})')
+  rows = rows_for(args)
+  log_dir = os.path.join(args.out, args.dataset, 'logs')
+  os.makedirs(log_dir, exist_ok=True)
+  only = {x for x in args.only.split(',') if x}
+  first = None
+  for row in rows:
+    if row['kind'] == 'imkga' and first is None and not row.get('link_checkpoints'):
+      first = row['workdir']
+    # Baselines read the synthetic KG from the first IMKGA-SM run's prepared folder; on umls /
+    # kinship they read the raw triples (`--config.data.root`).
+    share_prepared(row, first if row['kind'] == 'imkga' or args.dataset == 'synthetic' else None)
+    if not only or os.path.basename(row['workdir']) in only:
+      row['seconds'] = run(row, log_dir)
+  done = [r for r in rows if os.path.exists(os.path.join(r['workdir'], 'metrics.json'))]
+  for r in done:
+    if 'seconds' not in r:
+      with open(os.path.join(r['workdir'], 'table3_command.json'), encoding='utf-8') as f:
+        r['seconds'] = json.load(f)['seconds']
+  kinds = relation_kinds([r['workdir'] for r in done])
+  results = collect(done, kinds)
+  title = f'{args.dataset}: {"Table 3" if args.study == "table3" else "ablations"}'
+  body = markdown(args, results, kinds)
+  png = os.path.join(ROOT, 'benchmarks', f'{args.study}_{args.dataset}.png')
+  bar_chart(results, title, png)
+  command = 'python benchmarks/table3.py ' + shlex.join(sys.argv[1:])
+  section = f'### {title}\n\nCommand: `{command}`; chart: `benchmarks/{os.path.basename(png)}`.\n\n'
+  print(section + body)
+  if args.write:
+    write_results(f'{args.study}:{args.dataset}', section + body)
+
+
+if __name__ == '__main__':
+  main()
