@@ -193,6 +193,12 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   grounded = np.zeros(len(queries), bool)
   grounded[paths.query] = True
   direct = np.flatnonzero(~grounded | also_direct_mask(kg, queries, config.trajectories.also_direct))
+  repeat = int(config.trajectories.image_direct_repeat)
+  if repeat < 1:
+    raise ValueError(f'trajectories.image_direct_repeat must be >= 1, got {repeat}')
+  if repeat > 1:  # more exposure for the answers only the head's image shows (see default.py)
+    image_head = also_direct_mask(kg, queries, 'image_heads')[direct]
+    direct = np.repeat(direct, np.where(image_head, repeat, 1))
   rng = np.random.default_rng([seed, 47])
   num_pos = len(paths.query) + len(direct)
   num_neg = int(round(float(config.trajectories.negative_share) * num_pos))
@@ -224,6 +230,7 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
            'rule_paths': int(len(paths.query)),
            'paths_per_hops': {str(n): int(hops[n]) for n in range(1, max_hops + 1)},
            'direct': int(len(direct)), 'direct_also_grounded': int(grounded[direct].sum()),
+           'direct_unique': int(len(np.unique(direct))),
            'direct_share': round(len(direct) / max(num_pos, 1), 4),
            'negatives': int(len(neg_q)), 'negatives_requested': num_neg,
            'self_loop_queries': int(np.sum(queries[:, 0] == queries[:, 2])),

@@ -230,3 +230,28 @@ def test_also_direct_rejects_unknown_mode():
   kg = composition_kg()
   with pytest.raises(ValueError, match='trajectories.also_direct'):
     trajectories.also_direct_mask(kg, kg.with_inverses('train'), 'images')
+
+
+def test_image_direct_repeat_copies_only_image_head_direct_trajectories():
+  kg = composition_kg()
+  kg.images = {f'p{p}': [f'/img/p{p}.jpg'] for p in range(0, 12, 2)}
+  config = small_config()
+  config.trajectories.negative_share = 0.0
+  config.trajectories.also_direct = 'image_heads'
+  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  ruleset = rules.mine_rules(kg, config, graph=graph)
+  once, stats1 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
+  config.trajectories.image_direct_repeat = 3
+  thrice, stats3 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
+  image_tokens = kg.entity_token(np.asarray([kg.entity_id(n) for n in kg.images]))
+  def count(traj, image):
+    direct = traj.kind == input_pipeline.KIND_DIRECT
+    return int((direct & (np.isin(traj.head_token, image_tokens) == image)).sum())
+  assert count(thrice, True) == 3 * count(once, True) > 0
+  assert count(thrice, False) == count(once, False)
+  assert stats3['direct_unique'] == stats1['direct_unique'] == stats1['direct']
+  np.testing.assert_array_equal(thrice.kind[thrice.kind != input_pipeline.KIND_DIRECT],
+                                once.kind[once.kind != input_pipeline.KIND_DIRECT])
+  config.trajectories.image_direct_repeat = 0
+  with pytest.raises(ValueError, match='image_direct_repeat'):
+    trajectories.assemble(kg, config, graph, ruleset, None, 0)
