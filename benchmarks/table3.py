@@ -168,8 +168,10 @@ def collect(rows: list[dict], kinds: dict[str, str]) -> list[dict]:
 
 
 def markdown(args, results: list[dict], kinds: dict[str, str]) -> str:
+  subset = ('every test triple' if args.max_queries < 0 else
+            f'a seeded subset of {args.max_queries} test triples, `--max_queries`')
   lines = [f'Test split, filtered, both directions, {results[0]["both"]["queries"]} queries '
-           f'(seeded subset of {args.max_queries} test triples; `--max_queries`).', '',
+           f'({subset}). `wall s`: the whole command, on a 2-core CPU shared with other runs.', '',
            '| model | MRR | Hits@1 | Hits@3 | Hits@10 | tail MRR | head MRR | wall s |',
            '|---|---|---|---|---|---|---|---|']
   for r in results:
