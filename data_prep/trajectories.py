@@ -172,10 +172,15 @@ def also_direct_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray, mode: str) 
     raise ValueError(f'trajectories.also_direct must be one of {ALSO_DIRECT}, got {mode!r}')
   if mode == 'all':
     return np.ones(len(queries), bool)
-  if mode == 'none' or not kg.images:
+  if mode == 'none':
     return np.zeros(len(queries), bool)
+  return image_head_mask(kg, queries)
+
+
+def image_head_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray) -> np.ndarray:
+  """`[q] bool`: whether each query's head entity has an image."""
   has_image = np.zeros(kg.num_entities, bool)
-  has_image[[kg.entity_id(name) for name in kg.images]] = True
+  has_image[np.asarray([kg.entity_id(name) for name in kg.images], np.int64)] = True
   return has_image[queries[:, 0]]
 
 
@@ -197,7 +202,7 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   if repeat < 1:
     raise ValueError(f'trajectories.image_direct_repeat must be >= 1, got {repeat}')
   if repeat > 1:  # more exposure for the answers only the head's image shows (see default.py)
-    image_head = also_direct_mask(kg, queries, 'image_heads')[direct]
+    image_head = image_head_mask(kg, queries)[direct]
     direct = np.repeat(direct, np.where(image_head, repeat, 1))
   rng = np.random.default_rng([seed, 47])
   num_pos = len(paths.query) + len(direct)

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from configs import baselines as baseline_configs
+from imkga_jax import evaluate
 from imkga_jax import kg as kg_lib
 from imkga_jax.baselines import models
 from imkga_jax.baselines import train
@@ -178,3 +179,13 @@ def test_configs_select_model_and_base():
     baseline_configs.get_config(name).lock()
   with pytest.raises(ValueError, match='MODEL'):
     baseline_configs.get_config('conve,umls')
+
+
+def test_max_queries_ranks_the_seeded_subset_of_evaluate(tmp_path):
+  workdir = str(tmp_path)
+  graph = _toy_kg()
+  graph.save(os.path.join(workdir, 'prepared'))
+  metrics = train.train_and_evaluate(_config('complex', num_epochs=1, max_queries=3), workdir)
+  assert metrics['test']['tail']['queries'] == 3 and metrics['valid']['both']['queries'] == 4
+  expected = evaluate.direction_queries(graph, 'test', 3)['tail']
+  assert sum(m['count'] for m in metrics['by_relation'].values()) == len(expected)

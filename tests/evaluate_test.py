@@ -202,3 +202,14 @@ def test_predict_and_files(tmp_path):
   with open(path, encoding='utf-8') as f:
     assert [json.loads(line) for line in f] == [{'a': 1}, {'b': 'ü'}]
   assert 'mrr' in evaluate.format_metrics(loaded)
+
+
+def test_eval_splits_parses_and_rejects():
+  config = default.get_config()
+  assert evaluate.eval_splits(config) == ('valid', 'test')
+  config.decode.splits = ' test '
+  assert evaluate.eval_splits(config) == ('test',)
+  for bad in ('', 'train', 'test,dev'):
+    config.decode.splits = bad
+    with pytest.raises(ValueError, match='decode.splits'):
+      evaluate.eval_splits(config)
