@@ -67,13 +67,6 @@ def _read_json(path: str, default):
     return json.load(f)
 
 
-def _write_json(path: str, value) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every stage that is not done yet; returns the merged statistics (also in stats.json)."""
   out = prepared_dir(workdir)
@@ -98,8 +91,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Later stages depend on this one: forget them so they re-run.
     for later in STAGES[STAGES.index(stage) + 1:]:
       done.pop(later, None)
-    _write_json(os.path.join(out, STATS_FILE), stats)
-    _write_json(os.path.join(out, FINGERPRINT_FILE), done)
+    kg_lib.write_json(os.path.join(out, STATS_FILE), stats)
+    kg_lib.write_json(os.path.join(out, FINGERPRINT_FILE), done)
 
   def load() -> kg_lib.KnowledgeGraph:
     nonlocal kg

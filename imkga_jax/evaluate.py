@@ -249,13 +249,6 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
   return metrics, explanations
 
 
-def _atomic_write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def write_metrics(workdir: str, metrics: Mapping[str, Any]) -> str:
   """Writes `WORKDIR/metrics.json` atomically (tail/head/both per split); returns its path.
 
@@ -265,17 +258,17 @@ def write_metrics(workdir: str, metrics: Mapping[str, Any]) -> str:
   main = {split: {k: v for k, v in m.items() if k != 'by_relation'} for split, m in metrics.items()}
   by_relation = {split: m['by_relation'] for split, m in metrics.items() if 'by_relation' in m}
   if by_relation:
-    _atomic_write(os.path.join(workdir, BY_RELATION_FILE),
+    kg_lib.atomic_write_text(os.path.join(workdir, BY_RELATION_FILE),
                   json.dumps(by_relation, indent=2, sort_keys=True) + '\n')
   path = os.path.join(workdir, METRICS_FILE)
-  _atomic_write(path, json.dumps(main, indent=2, sort_keys=True) + '\n')
+  kg_lib.atomic_write_text(path, json.dumps(main, indent=2, sort_keys=True) + '\n')
   return path
 
 
 def write_explanations(workdir: str, rows: list[Mapping[str, Any]]) -> str:
   """Writes `WORKDIR/explanations.jsonl` (one JSON object per line) atomically; returns its path."""
   path = os.path.join(workdir, EXPLANATIONS_FILE)
-  _atomic_write(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
+  kg_lib.atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
   return path
 
 
@@ -416,7 +409,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
   if jax.process_index() == 0:
     write_metrics(workdir, metrics)
     write_explanations(workdir, explanations)
-    _atomic_write(state_path, json.dumps(_eval_fingerprint(config, step)))
+    kg_lib.atomic_write_text(state_path, json.dumps(_eval_fingerprint(config, step)))
   metrics = {split: {k: v for k, v in m.items() if k != 'by_relation'}
              for split, m in metrics.items()}
   logging.info('evaluation of checkpoint step %d (beam %d, %s):\n%s', step, config.decode.beam_size,

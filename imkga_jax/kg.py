@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class KnowledgeGraph:
     vocab = {'special_tokens': list(SPECIAL_TOKENS), 'relations': self.relations,
              'entities': self.entities, 'entity_text': self.entity_text,
              'relation_text': self.relation_text, 'images': self.images, 'source': self.source}
-    _atomic_write_text(os.path.join(directory, VOCAB_FILE), json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(os.path.join(directory, VOCAB_FILE), json.dumps(vocab, ensure_ascii=False))
     tmp = os.path.join(directory, TRIPLES_FILE + '.tmp.npz')
     np.savez(tmp, train=self.train, valid=self.valid, test=self.test)
     os.replace(tmp, os.path.join(directory, TRIPLES_FILE))
@@ -247,11 +247,18 @@ def build_answer_index(triples: np.ndarray) -> dict[tuple[int, int], np.ndarray]
 
 
 # ==================================================================== readers
-def _atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file (readers never see half a file)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, value: Any) -> None:
+  """`atomic_write_text` of `value` as indented JSON with sorted keys."""
+  atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def _split_fields(line: str) -> list[str]:

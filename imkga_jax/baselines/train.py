@@ -29,7 +29,6 @@ Run: `python -m imkga_jax.baselines.train --config=configs/baselines.py:complex,
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -219,13 +218,6 @@ def metrics_by_relation(ranked: dict[str, dict[str, np.ndarray]], graph: kg_lib.
   return out
 
 
-def _write_json(path: str, value) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.baseline.model` on the KG of `workdir` and writes its metrics.
 
@@ -323,8 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics[split] = summarize(ranked)
   by_relation = metrics_by_relation(ranked, graph)  # `ranked` is the test split here.
   evaluate.write_metrics(workdir, metrics)
-  _write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
-  _write_json(os.path.join(workdir, HISTORY_FILE), history)
+  kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
+  kg_lib.write_json(os.path.join(workdir, HISTORY_FILE), history)
   logging.info('%s test (both): %s; trained %.1f s', b.model, metrics['test']['both'], train_seconds)
   return dict(metrics, by_relation=by_relation, train_seconds=train_seconds)
 
