@@ -229,6 +229,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Only emit valid moves in the TRAIN graph with inverses (imkga_jax/decode.py); the first action
   # may also be any entity (the direct `t <eos>` form the model is trained on).
   config.decode.constrained = False
+  # Entity score from the finished beams (imkga_jax/evaluate.py `entity_scores`): 'max' = the best
+  # length-normalised path (SQUIRE), 'sum' = log of the summed probability of the paths reaching it.
+  config.decode.score = 'max'
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

@@ -10,6 +10,9 @@ paper's settings, all to fit that budget, each a config key:
   * queries whose head has an image also get the direct trajectory `t <eos>` (trajectories.also_direct),
     one rule path per triple instead of four.
   * a small model (64-d, 2 layers) at batch 128, decoding constrained to the train graph.
+  * an answer's score sums the probabilities of the beam's paths that reach it (decode.score='sum')
+    instead of SQUIRE's best length-normalised path: on the 3,000-step model, valid MRR 0.661 vs
+    0.659 and test MRR 0.683 vs 0.675 (400 triples), more where several paths support an answer.
 """
 from configs import default
 
@@ -36,6 +39,7 @@ def get_config():
   config.optim.warmup_steps = 100
   config.decode.beam_size = 64
   config.decode.constrained = True
+  config.decode.score = 'sum'
   # The main job evaluates a seeded sample of 400 triples per split (both directions) to stay within
   # its time budget on a 2-core CPU; --config.decode.max_queries=-1 evaluates every triple.
   config.decode.max_queries = 400

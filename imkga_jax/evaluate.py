@@ -48,19 +48,43 @@ DecodeFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, decode
 
 
 # ============================================================================ scores and ranks
-def entity_scores(answer: jax.Array, score: jax.Array, num_entities: int) -> jax.Array:
-  """Scatter-max of finished-beam scores into `[batch, E]` (-inf where no beam ends).
+SCORE_RULES = ('max', 'sum')
+
+
+def entity_scores(answer: jax.Array, score: jax.Array, num_entities: int, *,
+                  logprob: jax.Array | None = None, rule: str = 'max') -> jax.Array:
+  """`[batch, E]` entity scores from the finished beams (-inf where no beam ends).
+
+  Rules (`config.decode.score`):
+    * 'max' (SQUIRE's): the best length-normalised beam score `logprob / hops` of each answer;
+    * 'sum': `log Σ exp(logprob)` over the beams ending in the answer, the probability the model
+      gives to reaching it by any of the paths the beam found (no length normalisation). An answer
+      several paths support outranks one reached by a single path of the same probability.
 
   Args:
     answer: `[batch, F]` entity id of each finished beam, -1 for invalid slots.
-    score: `[batch, F]` its score.
+    score: `[batch, F]` its length-normalised score (rule 'max').
     num_entities: E.
+    logprob: `[batch, F]` its summed log-probability (needed by rule 'sum').
+    rule: 'max' or 'sum'.
   """
+  if rule not in SCORE_RULES:
+    raise ValueError(f'decode.score={rule!r}: expected one of {SCORE_RULES}')
   batch = answer.shape[0]
   index = jnp.where(answer >= 0, answer, num_entities)  # [b, F]; E is out of range: dropped
   rows = jnp.arange(batch)[:, None]  # [b, 1]
-  return jnp.full((batch, num_entities), -jnp.inf, jnp.float32).at[rows, index].max(
-      score.astype(jnp.float32), mode='drop')  # [b, E]
+  empty = jnp.full((batch, num_entities), -jnp.inf, jnp.float32)  # [b, E]
+  if rule == 'max':
+    return empty.at[rows, index].max(score.astype(jnp.float32), mode='drop')
+  if logprob is None:
+    raise ValueError("entity_scores: rule 'sum' needs `logprob`")
+  logprob = jnp.where(answer >= 0, logprob.astype(jnp.float32), -jnp.inf)  # [b, F]
+  # Stable log-sum-exp per entity: shift by each entity's best beam before exponentiating.
+  best = empty.at[rows, index].max(logprob, mode='drop')  # [b, E]
+  shift = jnp.take_along_axis(best, jnp.minimum(index, num_entities - 1), axis=1)  # [b, F]
+  terms = jnp.where(jnp.isfinite(logprob), jnp.exp(logprob - shift), 0.0)  # [b, F]
+  total = jnp.zeros((batch, num_entities), jnp.float32).at[rows, index].add(terms, mode='drop')
+  return jnp.where(jnp.isfinite(best), best + jnp.log(jnp.maximum(total, 1e-30)), -jnp.inf)
 
 
 def filtered_ranks(scores: np.ndarray, targets: np.ndarray, indptr: np.ndarray,
@@ -114,7 +138,7 @@ def direction_queries(kg: kg_lib.KnowledgeGraph, split: str, max_queries: int = 
 # ============================================================================ decoding in batches
 def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.TokensToLogits],
                    space: decode.TokenSpace, *, beam_size: int, max_len: int,
-                   rtg_constants: rtg_lib.RtgConstants,
+                   rtg_constants: rtg_lib.RtgConstants, score_rule: str = 'max',
                    batch_sharding: NamedSharding | None = None) -> DecodeFn:
   """One jitted function: beam search + entity scores for a batch of queries.
 
@@ -124,6 +148,7 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     space: token layout.
     beam_size, max_len: beam search sizes.
     rtg_constants: return-to-go constants.
+    score_rule: how finished beams become entity scores, 'max' or 'sum' (`entity_scores`).
     batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
       data parallel over the mesh, params and constraint replicated. None: plain `jax.jit`.
 
@@ -131,12 +156,17 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     `decode_fn(params, inputs, constraint)` with `inputs` of `[batch]` rows: `head_entity` plus the
     model context (`head_token`, `relation_token`, `fig`, `ocr`, `fig_present`, `ocr_present`).
   """
+  if score_rule not in SCORE_RULES:
+    raise ValueError(f'decode.score={score_rule!r}: expected one of {SCORE_RULES}')
+
   def fn(params, inputs, constraint):
     context = decode.tile_beams({k: v for k, v in inputs.items() if k != 'head_entity'}, beam_size)
     result = decode.beam_search(logits_factory(params, context), inputs['head_entity'], space=space,
                                 beam_size=beam_size, max_len=max_len, rtg_constants=rtg_constants,
                                 constraint=constraint)
-    return entity_scores(result.answer, result.score, space.num_entities), result
+    scores = entity_scores(result.answer, result.score, space.num_entities,
+                           logprob=result.logprob, rule=score_rule)
+    return scores, result
 
   if batch_sharding is None:
     return jax.jit(fn)
@@ -179,23 +209,26 @@ def decode_batches(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
 
 # ============================================================================ explanations
 def answers_with_paths(kg: kg_lib.KnowledgeGraph, seqs: np.ndarray, score: np.ndarray,
-                       answer: np.ndarray, limit: int) -> list[dict[str, Any]]:
+                       answer: np.ndarray, limit: int, entity_score: np.ndarray | None = None
+                       ) -> list[dict[str, Any]]:
   """The best `limit` distinct answers of one query, each with its best path in names.
 
   Args:
     seqs, score, answer: `[F, L]`, `[F]`, `[F]` of one query's `DecodeResult` (best first).
     limit: answers to return.
+    entity_score: `[E]` the query's entity scores (`entity_scores`); when given, answers are ordered
+      and scored by it (what the ranking uses), each still shown with its best path.
   """
-  out, seen = [], set()
+  best = {}  # answer -> (beam score, path) of its first (best) beam
   for seq, s, a in zip(seqs, score, answer):
-    if a < 0 or a in seen:
-      continue
-    seen.add(int(a))
-    path = [kg.token_name(t) for t in seq[:list(seq).index(kg_lib.EOS)]]
-    out.append({'entity': kg.entities[a], 'score': float(s), 'path': path})
-    if len(out) == limit:
-      break
-  return out
+    if a >= 0 and int(a) not in best:
+      best[int(a)] = (float(s), [kg.token_name(t) for t in seq[:list(seq).index(kg_lib.EOS)]])
+  order = list(best)  # beam order
+  if entity_score is not None:
+    order.sort(key=lambda a: -float(entity_score[a]))  # stable: ties keep beam order
+  return [{'entity': kg.entities[a],
+           'score': best[a][0] if entity_score is None else float(entity_score[a]),
+           'path': best[a][1]} for a in order[:limit]]
 
 
 # ============================================================================ evaluation
@@ -231,7 +264,7 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
                         'answer': kg.entities[t]},
               'rank': float(ranks[rows.start + i]),
               'answers': answers_with_paths(kg, result.seqs[i], result.score[i], result.answer[i],
-                                            config.decode.num_explanations)})
+                                            config.decode.num_explanations, scores[i])})
     metrics[direction] = ranking_metrics(ranks, reached)
     base = queries[:, 1] % kg.num_relations
     for rid in np.unique(base):
@@ -299,11 +332,11 @@ def predict(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, query: 
   of any split). Returns the best `config.decode.num_explanations` answers."""
   head, relation = parse_query(kg, query)
   queries = np.asarray([[head, relation, 0]], np.int32)
-  _, _, result = next(decode_batches(decode_fn, params, kg, queries, features,
-                                     config.decode.batch_size, constraint, desc='predict'))
+  _, scores, result = next(decode_batches(decode_fn, params, kg, queries, features,
+                                          config.decode.batch_size, constraint, desc='predict'))
   result = jax.device_get(result)
   answers = answers_with_paths(kg, result.seqs[0], result.score[0], result.answer[0],
-                               config.decode.num_explanations)
+                               config.decode.num_explanations, scores[0])
   known = {kg.entities[t] for t in kg.filter_index().get((head, relation), ())}
   return [dict(a, rank=i + 1, known=a['entity'] in known) for i, a in enumerate(answers)]
 
@@ -337,7 +370,7 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       decode.TokenSpace.from_kg(kg),
       beam_size=config.decode.beam_size, max_len=2 * config.trajectories.max_hops + 1,
       rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
-      batch_sharding=batch_sharding)
+      score_rule=config.decode.score, batch_sharding=batch_sharding)
   constraint = decode.GraphConstraint.from_kg(kg) if config.decode.constrained else None
   return decode_fn, constraint
 

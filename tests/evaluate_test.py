@@ -26,6 +26,46 @@ def test_entity_scores_is_a_scatter_max():
   np.testing.assert_array_equal(got, expected)
 
 
+def test_entity_scores_sum_is_a_per_entity_logsumexp():
+  rng = np.random.default_rng(1)
+  answer = rng.integers(-1, 6, (3, 40))
+  logprob = rng.normal(-60.0, 30.0, size=(3, 40)).astype(np.float32)  # exp() underflows alone
+  logprob[0, :5] = -np.inf  # finished slots that never filled
+  got = np.asarray(evaluate.entity_scores(jnp.asarray(answer), jnp.zeros((3, 40)), 6,
+                                          logprob=jnp.asarray(logprob), rule='sum'))
+  expected = np.full((3, 6), -np.inf)
+  for b in range(3):
+    for e in range(6):
+      terms = logprob[b][(answer[b] == e) & np.isfinite(logprob[b])].astype(np.float64)
+      if len(terms):
+        expected[b, e] = np.logaddexp.reduce(terms)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # Two paths of equal probability outrank one: log 2 above it.
+  two = evaluate.entity_scores(jnp.asarray([[0, 0, 1]]), jnp.zeros((1, 3)), 2,
+                               logprob=jnp.full((1, 3), -3.0), rule='sum')
+  np.testing.assert_allclose(np.asarray(two)[0], [-3.0 + np.log(2.0), -3.0], rtol=1e-6)
+
+
+def test_entity_scores_rejects_unknown_rule():
+  with pytest.raises(ValueError, match='decode.score'):
+    evaluate.entity_scores(jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2)), 3, rule='mean')
+
+
+def test_answers_with_paths_follow_entity_scores():
+  kg = kg_lib.KnowledgeGraph(entities=['a', 'b', 'c'], relations=['r'],
+                             train=np.asarray([[0, 0, 1], [1, 0, 2]], np.int32),
+                             valid=np.zeros((0, 3), np.int32), test=np.zeros((0, 3), np.int32))
+  eos, e = kg_lib.EOS, kg.entity_offset
+  seqs = np.asarray([[e + 1, eos, 0], [e + 2, eos, 0], [e + 2, eos, 0]])
+  answer, score = np.asarray([1, 2, 2]), np.asarray([-1.0, -2.0, -2.5])
+  by_beam = evaluate.answers_with_paths(kg, seqs, score, answer, 5)
+  assert [a['entity'] for a in by_beam] == ['b', 'c'] and by_beam[0]['score'] == -1.0
+  entity_score = np.asarray([-np.inf, -1.0, -0.5])
+  by_entity = evaluate.answers_with_paths(kg, seqs, score, answer, 5, entity_score)
+  assert [(a['entity'], a['score']) for a in by_entity] == [('c', -0.5), ('b', -1.0)]
+  assert by_entity[0]['path'] == ['c']
+
+
 def rank_reference(scores, target, known):
   """Mean position of the target's tie group after sorting the unfiltered entities by score."""
   candidates = [e for e in range(len(scores)) if e == target or e not in set(known)]
