@@ -101,24 +101,36 @@ def share_prepared(row: dict, source: str | None) -> None:
 
 
 def run(row: dict, log_dir: str) -> float:
-  """Runs `row` unless its workdir holds metrics of the same command; returns the wall seconds."""
+  """Runs `row`; returns the wall seconds of its first complete run.
+
+  A baseline row whose workdir holds metrics of the same command is skipped. An IMKGA-SM row is
+  always re-invoked: launch.py skips each stage whose inputs and settings are unchanged, so only
+  what a code or config default change affects (usually just the evaluation) is redone.
+  """
   stamp = os.path.join(row['workdir'], 'table3_command.json')
   command = [sys.executable] + row['argv']
   metrics = os.path.join(row['workdir'], 'metrics.json')
+  done = None
   if os.path.exists(stamp) and os.path.exists(metrics):
     with open(stamp, encoding='utf-8') as f:
       done = json.load(f)
-    if done['argv'] == row['argv']:
+    if done['argv'] != row['argv']:
+      done = None
+    elif row['kind'] != 'imkga':
       print(f'[table3] {row["name"]}: done before ({done["seconds"]:.0f} s), skipped', flush=True)
       return done['seconds']
   print(f'[table3] {row["name"]}: python {shlex.join(row["argv"])}', flush=True)
   start = time.time()
   log = os.path.join(log_dir, os.path.basename(row['workdir']) + '.log')
-  with open(log, 'w', encoding='utf-8') as f:
+  with open(log, 'a' if done else 'w', encoding='utf-8') as f:
     proc = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
   seconds = time.time() - start
   if proc.returncode:
     raise RuntimeError(f'{row["name"]} failed (exit {proc.returncode}); see {log}')
+  if done:
+    print(f'[table3] {row["name"]}: up to date after {seconds:.0f} s (first run '
+          f'{done["seconds"]:.0f} s)', flush=True)
+    return done['seconds']
   with open(stamp, 'w', encoding='utf-8') as f:
     json.dump({'argv': row['argv'], 'seconds': seconds}, f)
   print(f'[table3] {row["name"]}: {seconds:.0f} s', flush=True)
