@@ -15,6 +15,8 @@ Usage:
   python benchmarks/table3.py --dataset=synthetic --out=/tmp/table3
   python benchmarks/table3.py --dataset=umls --root=../shared/datasets/umls --out=/tmp/table3
   python benchmarks/table3.py --dataset=synthetic --study=ablations --out=/tmp/table3
+  python benchmarks/table3.py --dataset=synthetic --out=/tmp/table3_long --tag=long --steps=6000 \
+      --set=trajectories.image_direct_repeat=4 --baselines_from=/tmp/table3
 Add `--write` to put the tables into benchmarks/RESULTS.md (between markers, replacing an older copy).
 """
 import argparse
@@ -46,6 +48,8 @@ def rows_for(args) -> list[dict]:
   data = [] if ds == 'synthetic' else [f'--config.data.root={args.root}']
   common = data + [f'--config.decode.max_queries={args.max_queries}', '--config.decode.splits=test']
   imkga = common + [f'--config.train.num_steps={args.steps}'] if args.steps else common
+  imkga = imkga + [f'--config.{kv}' for kv in args.set]
+  baseline_out = os.path.join(args.baselines_from or args.out, args.dataset)
   rows = []
   if args.study == 'table3':
     variants = ('no_img', 'mkg', 'rl', 'mkg_rl') if ds == 'synthetic' else ('no_img', 'rl')
@@ -56,9 +60,9 @@ def rows_for(args) -> list[dict]:
                        + imkga))
     for m in BASELINES:
       arg = m if ds == 'synthetic' else f'{m},{ds}'
-      rows.append(dict(name=m, kind='baseline', workdir=os.path.join(out, m),
+      rows.append(dict(name=m, kind='baseline', workdir=os.path.join(baseline_out, m),
                        argv=['-m', 'imkga_jax.baselines.train', f'--config=configs/baselines.py:{arg}',
-                             f'--workdir={os.path.join(out, m)}',
+                             f'--workdir={os.path.join(baseline_out, m)}',
                              f'--config.baseline.max_queries={args.max_queries}'] + data))
     return rows
   # Ablations of the main variant (each a training run at `--steps`; the defaults ε 0.7 and α 0.6 are
@@ -260,6 +264,13 @@ def main() -> None:
   parser.add_argument('--max_queries', type=int, default=600,
                       help='test triples evaluated per row (seeded subset; -1 = all)')
   parser.add_argument('--only', default='', help='comma-separated row workdir names to run')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override for every IMKGA-SM row (repeatable), e.g. '
+                           'trajectories.image_direct_repeat=4')
+  parser.add_argument('--tag', default='', help='names a second table of the same dataset: its '
+                      'RESULTS.md block and PNG get this suffix')
+  parser.add_argument('--baselines_from', default='', help="another --out whose baseline rows "
+                      "(same commands) this table reuses instead of re-training them")
   parser.add_argument('--write', action='store_true', help='write the tables into RESULTS.md')
   args = parser.parse_args()
   if args.dataset != 'synthetic' and not args.root:
@@ -287,14 +298,17 @@ def main() -> None:
   kinds = relation_kinds([r['workdir'] for r in done])
   results = collect(done, kinds)
   title = f'{args.dataset}: {"Table 3" if args.study == "table3" else "ablations"}'
+  title += f' ({args.tag}: {", ".join(args.set)})' if args.tag else ''
   body = markdown(args, results, kinds)
-  png = os.path.join(ROOT, 'benchmarks', f'{args.study}_{args.dataset}.png')
+  suffix = f'_{args.tag}' if args.tag else ''
+  png = os.path.join(ROOT, 'benchmarks', f'{args.study}_{args.dataset}{suffix}.png')
   bar_chart(results, title, png)
   command = 'python benchmarks/table3.py ' + shlex.join(sys.argv[1:])
   section = f'### {title}\n\nCommand: `{command}`; chart: `benchmarks/{os.path.basename(png)}`.\n\n'
   print(section + body)
   if args.write:
-    write_results(f'{args.study}:{args.dataset}', section + body)
+    write_results(f'{args.study}:{args.dataset}' + (f':{args.tag}' if args.tag else ''),
+                  section + body)
 
 
 if __name__ == '__main__':

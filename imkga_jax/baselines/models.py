@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -106,23 +106,33 @@ class TransE(nn.Module):
                                       self.entity(tails)))
 
 
-class DistMult(nn.Module):
-  """DistMult (Yang et al. 2015): score = <h, r, t>."""
+class _Bilinear(nn.Module):
+  """Fields and tables shared by the multiplicative models: `width * dim` entity/relation rows,
+  normal(init_scale) initialisation, input dropout on the query (the score is `<query, t>`)."""
   num_entities: int
-  num_relations: int
+  num_relations: int  # 2R, inverses included.
   dim: int
   init_scale: float = 1e-3
   input_dropout: float = 0.0
+  width: ClassVar[int] = 1  # real coordinates per embedding dimension
 
   def setup(self):
     init = nn.initializers.normal(self.init_scale)
-    self.entity = nn.Embed(self.num_entities, self.dim, embedding_init=init)
-    self.relation = nn.Embed(self.num_relations, self.dim, embedding_init=init)
+    self.entity = nn.Embed(self.num_entities, self.width * self.dim, embedding_init=init)
+    self.relation = nn.Embed(self.num_relations, self.width * self.dim, embedding_init=init)
     self.dropout = nn.Dropout(self.input_dropout)
 
+  def score(self, query: jax.Array, train: bool, candidates: jax.Array | None) -> jax.Array:
+    """`<dropout(query), t>` for every entity `[B, E]` or the candidates `[B, K]`."""
+    query = self.dropout(query, deterministic=not train)
+    return _dot(query, _targets(self.entity, candidates))
+
+
+class DistMult(_Bilinear):
+  """DistMult (Yang et al. 2015): score = <h, r, t>."""
+
   def __call__(self, heads, relations, train: bool = False, candidates=None):
-    query = self.dropout(self.entity(heads) * self.relation(relations), deterministic=not train)
-    return _dot(query, _targets(self.entity, candidates))  # [B, E or K]
+    return self.score(self.entity(heads) * self.relation(relations), train, candidates)
 
   def factors(self, heads, relations, tails):
     return tuple(jnp.abs(x) for x in (self.entity(heads), self.relation(relations),
@@ -140,26 +150,15 @@ def _modulus(x: jax.Array) -> jax.Array:
   return jnp.sqrt(re * re + im * im + _EPS)
 
 
-class ComplEx(nn.Module):
+class ComplEx(_Bilinear):
   """ComplEx (Trouillon et al. 2016): score = Re(<h, r, conj(t)>); `dim` complex coordinates."""
-  num_entities: int
-  num_relations: int
-  dim: int
-  init_scale: float = 1e-3
-  input_dropout: float = 0.0
-
-  def setup(self):
-    init = nn.initializers.normal(self.init_scale)
-    self.entity = nn.Embed(self.num_entities, 2 * self.dim, embedding_init=init)
-    self.relation = nn.Embed(self.num_relations, 2 * self.dim, embedding_init=init)
-    self.dropout = nn.Dropout(self.input_dropout)
+  width: ClassVar[int] = 2  # real and imaginary parts
 
   def __call__(self, heads, relations, train: bool = False, candidates=None):
     h_re, h_im = _complex_parts(self.entity(heads))  # [B, D] each
     r_re, r_im = _complex_parts(self.relation(relations))
     query = jnp.concatenate([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], -1)  # [B, 2D]
-    query = self.dropout(query, deterministic=not train)
-    return _dot(query, _targets(self.entity, candidates))  # [B, E or K] = Re(hr)t_re + Im(hr)t_im
+    return self.score(query, train, candidates)  # Re(hr)t_re + Im(hr)t_im
 
   def factors(self, heads, relations, tails):
     return tuple(_modulus(x) for x in (self.entity(heads), self.relation(relations),
