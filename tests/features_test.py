@@ -112,3 +112,29 @@ def test_build_features_writes_the_contract(tiny_kg, tmp_path, monkeypatch):
   with np.load(os.path.join(out, 'features.npz'), allow_pickle=False) as z:
     for key in f:
       np.testing.assert_array_equal(z[key], f[key], err_msg=key)
+
+
+def test_build_features_reads_gap_features_at_vgg_image_size(tiny_kg, tmp_path, monkeypatch):
+  """features.vgg_layer / vgg_image_size reach the extractor: gap vectors of 64x64 inputs (one per
+  image, width = the last conv block), same as calling the extractor directly at that size."""
+  small = vgg16.init_params(0, vgg16.VGG16(**SMALL))
+  monkeypatch.setattr(vgg16, 'load_or_init', lambda path, seed: (small, 'caffe'))
+  seen = []
+  extract = vgg16.extract_features
+
+  def spy(paths, params, **kwargs):
+    seen.append(kwargs)
+    return extract(paths, params, **kwargs)
+  monkeypatch.setattr(vgg16, 'extract_features', spy)
+  config = default.get_config()
+  config.features = _fc(ocr_vector_dim=32, vgg_layer='gap', vgg_image_size=64)
+  out = str(tmp_path / 'prepared')
+  features.build_features(tiny_kg, config, out)
+  assert seen and seen[0]['layer'] == 'gap' and seen[0]['image_size'] == 64
+  with np.load(os.path.join(out, 'features.npz'), allow_pickle=False) as z:
+    image_vector, present = z['image_vector'], z['image_present']
+  assert image_vector.shape == (tiny_kg.num_entities, SMALL['widths'][-1])
+  first = sorted((tiny_kg.entity_id(n), p[0]) for n, p in tiny_kg.images.items() if p)[0]
+  direct, ok = extract([first[1]], small, layer='gap', image_size=64, progress=False)
+  assert ok[0] and present[first[0]]
+  np.testing.assert_allclose(image_vector[first[0]], direct[0], rtol=1e-5, atol=1e-6)
