@@ -118,9 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Queries that also get the direct trajectory `t <eos>` although a rule grounds them: 'none' (the
   # paper's reading: only ungrounded ones), 'image_heads' (heads with an image) or 'all'.
   config.trajectories.also_direct = 'none'
-  # Copies of each direct trajectory whose head has an image (1 = none extra). Such facts are a small
-  # share of the data (1 % of the synthetic KG's), too few exposures to learn image → answer in a
-  # short run (benchmarks/RESULTS.md, main job).
+  # Copies of each direct trajectory whose head has an image and that no rule grounds (1 = none
+  # extra): the facts no path gives, only the image. They are a small share of the data (the brand
+  # facts are 1 % of the synthetic KG's), too few exposures to learn image → answer in a short run
+  # (benchmarks/RESULTS.md, "Why the image-evidence relations lag"). Grounded queries keep one copy,
+  # so the paths of the structure relations are not crowded out.
   config.trajectories.image_direct_repeat = 1
   # TFRecord shards written (>= number of processes that will read them).
   config.trajectories.num_shards = 8

@@ -202,8 +202,8 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   if repeat < 1:
     raise ValueError(f'trajectories.image_direct_repeat must be >= 1, got {repeat}')
   if repeat > 1:  # more exposure for the answers only the head's image shows (see default.py)
-    image_head = image_head_mask(kg, queries)[direct]
-    direct = np.repeat(direct, np.where(image_head, repeat, 1))
+    only_image = image_head_mask(kg, queries)[direct] & ~grounded[direct]
+    direct = np.repeat(direct, np.where(only_image, repeat, 1))
   rng = np.random.default_rng([seed, 47])
   num_pos = len(paths.query) + len(direct)
   num_neg = int(round(float(config.trajectories.negative_share) * num_pos))

@@ -232,8 +232,11 @@ def test_also_direct_rejects_unknown_mode():
     trajectories.also_direct_mask(kg, kg.with_inverses('train'), 'images')
 
 
-def test_image_direct_repeat_copies_only_image_head_direct_trajectories():
+def test_image_direct_repeat_copies_only_ungrounded_image_head_direct_trajectories():
   kg = composition_kg()
+  # A fact no path can give: every product has its own label, reached by no other edge.
+  kg = make_kg([(kg.entities[h], kg.relations[r], kg.entities[t]) for h, r, t in kg.train]
+               + [(f'p{p}', 'label', f'l{p}') for p in range(12)])
   kg.images = {f'p{p}': [f'/img/p{p}.jpg'] for p in range(0, 12, 2)}
   config = small_config()
   config.trajectories.negative_share = 0.0
@@ -244,11 +247,18 @@ def test_image_direct_repeat_copies_only_image_head_direct_trajectories():
   config.trajectories.image_direct_repeat = 3
   thrice, stats3 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
   image_tokens = kg.entity_token(np.asarray([kg.entity_id(n) for n in kg.images]))
-  def count(traj, image):
+
+  def count(traj, image, grounded):
+    rule = traj.kind == input_pipeline.KIND_RULE
+    with_path = set(zip(traj.head_token[rule], traj.relation_token[rule], traj.target[rule]))
+    has_path = np.asarray([q in with_path for q in zip(traj.head_token, traj.relation_token,
+                                                       traj.target)], bool)
     direct = traj.kind == input_pipeline.KIND_DIRECT
-    return int((direct & (np.isin(traj.head_token, image_tokens) == image)).sum())
-  assert count(thrice, True) == 3 * count(once, True) > 0
-  assert count(thrice, False) == count(once, False)
+    return int((direct & (np.isin(traj.head_token, image_tokens) == image)
+                & (has_path == grounded)).sum())
+  assert count(thrice, True, False) == 3 * count(once, True, False) > 0
+  assert count(thrice, True, True) == count(once, True, True) > 0  # grounded: one copy
+  assert count(thrice, False, False) == count(once, False, False)
   assert stats3['direct_unique'] == stats1['direct_unique'] == stats1['direct']
   np.testing.assert_array_equal(thrice.kind[thrice.kind != input_pipeline.KIND_DIRECT],
                                 once.kind[once.kind != input_pipeline.KIND_DIRECT])
