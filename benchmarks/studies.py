@@ -19,6 +19,7 @@ Usage:
 """
 import argparse
 import glob
+import json
 import os
 import shlex
 import shutil
@@ -139,6 +140,9 @@ def main() -> None:
   parser.add_argument('--max_queries', type=int, default=300, help='test triples per run (-1 = all)')
   parser.add_argument('--write', action='store_true', help='write the table into RESULTS.md')
   parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  parser.add_argument('--collect', action='store_true',
+                      help='run nothing: plot and tabulate the points already made (missing ones '
+                           'are listed)')
   args = parser.parse_args()
   rows = masked_rows(args) if args.study == 'masked' else sweep_rows(args)
   if args.dry_run:
@@ -146,7 +150,7 @@ def main() -> None:
     return
   log_dir = os.path.join(args.out, args.study + '_logs')
   os.makedirs(log_dir, exist_ok=True)
-  for row in rows:
+  for row in ([] if args.collect else rows):
     # IMKGA-SM rows of one group (one dataset) share the first prepared folder; a new prepared folder
     # starts from an existing OCR cache (keyed by image bytes and engine settings, so still valid).
     group = [r['workdir'] for r in rows if r['group'] == row['group'] and r['kind'] == 'imkga']
@@ -162,6 +166,12 @@ def main() -> None:
       os.makedirs(target)
       shutil.copy(cache[0], os.path.join(target, 'ocr_cache.jsonl'))
     row['seconds'] = table3.run(row, log_dir)
+  missing = [r for r in rows if not os.path.exists(os.path.join(r['workdir'], 'metrics.json'))]
+  rows = [r for r in rows if r not in missing]
+  for r in rows:
+    if 'seconds' not in r:
+      with open(os.path.join(r['workdir'], 'table3_command.json'), encoding='utf-8') as f:
+        r['seconds'] = json.load(f)['seconds']
   results = table3.collect(rows, {})
   steps = args.steps or 'the config\'s'
   budget = (f'{args.examples:,} trajectories per run' if args.study == 'batch' else
@@ -189,9 +199,13 @@ def main() -> None:
     b = r['both']
     lines.append(f'| {r["name"]} | {r["x"]} | {b["mrr"]:.3f} | {b["hits@1"]:.3f} | {b["hits@3"]:.3f} | '
                  f'{b["hits@10"]:.3f} | {r["seconds"]:.0f} |')
+  if missing:
+    lines += ['', f'Not run yet ({len(missing)} of {len(rows) + len(missing)} points, so not in the '
+              'figure): ' + ', '.join(f'{r["name"]} at x = {r["x"]}' for r in missing) + '.']
   lines += ['', 'Commands (from the repository root):', '']
   lines += [f'- {r["name"]}, x = {r["x"]}: `python {shlex.join(r["argv"])}`' for r in results]
-  command = 'python benchmarks/studies.py ' + shlex.join(sys.argv[1:])
+  # --collect only re-reads the runs: the command that makes them is the same without it.
+  command = 'python benchmarks/studies.py ' + shlex.join(a for a in sys.argv[1:] if a != '--collect')
   section = (f'### Study: {args.study}\n\nCommand: `{command}`; figures: '
              + ', '.join(f'`benchmarks/{os.path.basename(f)}`' for f in figs) + '.\n\n')
   print(section + '\n'.join(lines))
