@@ -91,12 +91,12 @@ def probe(args):
   rng = np.random.default_rng(0)
   names = tuple(model.branches)
   k = names.index(config.decode.branch) if config.decode.branch in names else 0
+  every = np.concatenate([kg.split(s) for s in ('train', 'valid', 'test')])
   for split in ('train', 'test'):
     triples = kg.split(split)
     for rel in PROBE_RELATIONS:
       rid = kg.relations.index(rel)
-      all_rel = np.concatenate([kg.split(s) for s in ('train', 'valid', 'test')])
-      answers_tok = np.unique(kg.entity_token(all_rel[all_rel[:, 1] == rid][:, 2]))
+      answers_tok = np.unique(kg.entity_token(every[every[:, 1] == rid][:, 2]))
       q = triples[(triples[:, 1] == rid) & has_image[triples[:, 0]]][:args.max_rows]
       if not len(q):
         continue
