@@ -64,10 +64,13 @@ def step0_batch(kg, q, config, actions=None):
           'target': q[:, 2].astype(np.int32), 'kind': np.ones(b, np.int32)}
 
 
-def step0_logits(model, params, kg, table, batch, answers_tok):
-  """`[branches, B, A]` step-0 logits restricted to the answer tokens `answers_tok`."""
-  inputs = train.add_features({k: jnp.asarray(v) for k, v in batch.items()}, table,
-                              kg.entity_offset)
+def with_features(kg, table, batch):
+  """The batch with each head's image/OCR features gathered (`train.add_features`)."""
+  return train.add_features({k: jnp.asarray(v) for k, v in batch.items()}, table, kg.entity_offset)
+
+
+def step0_logits(model, params, inputs, answers_tok):
+  """`[branches, B, A]` step-0 logits of model `inputs` restricted to the answer tokens."""
   logits = np.asarray(model.apply({'params': params}, inputs, train=False))  # [K, B, L, V]
   return logits[:, :, 0][:, :, answers_tok]
 
@@ -100,16 +103,13 @@ def probe(args):
       q = triples[(triples[:, 1] == rid) & has_image[triples[:, 0]]][:args.max_rows]
       if not len(q):
         continue
-      batch = step0_batch(kg, q, config)
-      base = step0_logits(model, params, kg, table, batch, answers_tok)[k]  # [B, A]
+      inputs = with_features(kg, table, step0_batch(kg, q, config))
+      base = step0_logits(model, params, inputs, answers_tok)[k]  # [B, A]
       top1, mrr = accuracy(base, q, kg, answers_tok)
       # Shuffle which head's image/OCR features each row sees (heads and relations unchanged).
       perm = rng.permutation(len(q))
-      inputs = train.add_features({kk: jnp.asarray(v) for kk, v in batch.items()}, table,
-                                  kg.entity_offset)
       shuffled = {kk: v[perm] if kk in FEATURE_INPUTS else v for kk, v in inputs.items()}
-      other = np.asarray(model.apply({'params': params}, shuffled, train=False))[k][:, 0]
-      other = other[:, answers_tok]
+      other = step0_logits(model, params, shuffled, answers_tok)[k]
       print(f'| {split} | {rel} | {len(q)} | {len(answers_tok)} | {1 / len(answers_tok):.3f} | '
             f'{top1:.3f} | {mrr:.3f} | {base.std(0).mean():.3f} | {base.std(1).mean():.3f} | '
             f'{np.abs(other - base).mean():.3f} |')
@@ -154,9 +154,11 @@ def isolated(args):
     batch = direct(q[rng.integers(0, len(q), args.batch_size)])
     state, _ = step_fn(state, batch, table, jax.random.fold_in(key, s))
     if s % args.every == 0 or s == args.steps:
-      logits = step0_logits(model, state.params, kg, table, direct(q), answers_tok)[k]
+      logits = step0_logits(model, state.params, with_features(kg, table, direct(q)),
+                            answers_tok)[k]
       top1, mrr = accuracy(logits, q, kg, answers_tok)
-      logits = step0_logits(model, state.params, kg, table, direct(held), answers_tok)[k]
+      logits = step0_logits(model, state.params, with_features(kg, table, direct(held)),
+                            answers_tok)[k]
       test_top1, test_mrr = accuracy(logits, held, kg, answers_tok)
       print(f'| {s} | {s * args.batch_size:,} | {top1:.3f} | {mrr:.3f} | {test_top1:.3f} | '
             f'{test_mrr:.3f} |', flush=True)

@@ -19,7 +19,6 @@ Usage:
 """
 import argparse
 import glob
-import json
 import os
 import shlex
 import shutil
@@ -166,12 +165,9 @@ def main() -> None:
       os.makedirs(target)
       shutil.copy(cache[0], os.path.join(target, 'ocr_cache.jsonl'))
     row['seconds'] = table3.run(row, log_dir)
-  missing = [r for r in rows if not os.path.exists(os.path.join(r['workdir'], 'metrics.json'))]
-  rows = [r for r in rows if r not in missing]
-  for r in rows:
-    if 'seconds' not in r:
-      with open(os.path.join(r['workdir'], 'table3_command.json'), encoding='utf-8') as f:
-        r['seconds'] = json.load(f)['seconds']
+  done = table3.finished(rows)
+  missing = [r for r in rows if r not in done]
+  rows = done
   results = table3.collect(rows, {})
   steps = args.steps or 'the config\'s'
   budget = (f'{args.examples:,} trajectories per run' if args.study == 'batch' else

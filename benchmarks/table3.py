@@ -141,6 +141,16 @@ def run(row: dict, log_dir: str) -> float:
   return seconds
 
 
+def finished(rows: list[dict]) -> list[dict]:
+  """The rows whose workdir holds metrics, each with `seconds` (from its stamp if not run now)."""
+  done = [r for r in rows if os.path.exists(os.path.join(r['workdir'], 'metrics.json'))]
+  for r in done:
+    if 'seconds' not in r:
+      with open(os.path.join(r['workdir'], 'table3_command.json'), encoding='utf-8') as f:
+        r['seconds'] = json.load(f)['seconds']
+  return done
+
+
 def relation_kinds(workdirs: list[str]) -> dict[str, str]:
   """Relation name -> evidence kind ('image', 'ocr', 'structure') from synthetic_meta.json, or {}."""
   for wd in workdirs:
@@ -290,11 +300,7 @@ def main() -> None:
     share_prepared(row, first if row['kind'] == 'imkga' or args.dataset == 'synthetic' else None)
     if not only or os.path.basename(row['workdir']) in only:
       row['seconds'] = run(row, log_dir)
-  done = [r for r in rows if os.path.exists(os.path.join(r['workdir'], 'metrics.json'))]
-  for r in done:
-    if 'seconds' not in r:
-      with open(os.path.join(r['workdir'], 'table3_command.json'), encoding='utf-8') as f:
-        r['seconds'] = json.load(f)['seconds']
+  done = finished(rows)
   kinds = relation_kinds([r['workdir'] for r in done])
   results = collect(done, kinds)
   title = f'{args.dataset}: {"Table 3" if args.study == "table3" else "ablations"}'

@@ -51,6 +51,12 @@ DecodeFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, decode
 SCORE_RULES = ('max', 'sum')
 
 
+def check_score_rule(rule: str) -> None:
+  """Raises a ValueError naming `decode.score` unless `rule` is one of `SCORE_RULES`."""
+  if rule not in SCORE_RULES:
+    raise ValueError(f'decode.score={rule!r}: expected one of {SCORE_RULES}')
+
+
 def entity_scores(answer: jax.Array, score: jax.Array, num_entities: int, *,
                   logprob: jax.Array | None = None, rule: str = 'max') -> jax.Array:
   """`[batch, E]` entity scores from the finished beams (-inf where no beam ends).
@@ -68,8 +74,7 @@ def entity_scores(answer: jax.Array, score: jax.Array, num_entities: int, *,
     logprob: `[batch, F]` its summed log-probability (needed by rule 'sum').
     rule: 'max' or 'sum'.
   """
-  if rule not in SCORE_RULES:
-    raise ValueError(f'decode.score={rule!r}: expected one of {SCORE_RULES}')
+  check_score_rule(rule)
   batch = answer.shape[0]
   index = jnp.where(answer >= 0, answer, num_entities)  # [b, F]; E is out of range: dropped
   rows = jnp.arange(batch)[:, None]  # [b, 1]
@@ -156,8 +161,7 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     `decode_fn(params, inputs, constraint)` with `inputs` of `[batch]` rows: `head_entity` plus the
     model context (`head_token`, `relation_token`, `fig`, `ocr`, `fig_present`, `ocr_present`).
   """
-  if score_rule not in SCORE_RULES:
-    raise ValueError(f'decode.score={score_rule!r}: expected one of {SCORE_RULES}')
+  check_score_rule(score_rule)  # now, not at the first call's trace
 
   def fn(params, inputs, constraint):
     context = decode.tile_beams({k: v for k, v in inputs.items() if k != 'head_entity'}, beam_size)
@@ -291,10 +295,9 @@ def write_metrics(workdir: str, metrics: Mapping[str, Any]) -> str:
   main = {split: {k: v for k, v in m.items() if k != 'by_relation'} for split, m in metrics.items()}
   by_relation = {split: m['by_relation'] for split, m in metrics.items() if 'by_relation' in m}
   if by_relation:
-    kg_lib.atomic_write_text(os.path.join(workdir, BY_RELATION_FILE),
-                  json.dumps(by_relation, indent=2, sort_keys=True) + '\n')
+    kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
   path = os.path.join(workdir, METRICS_FILE)
-  kg_lib.atomic_write_text(path, json.dumps(main, indent=2, sort_keys=True) + '\n')
+  kg_lib.write_json(path, main)
   return path
 
 

@@ -257,8 +257,8 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, value: Any) -> None:
-  """`atomic_write_text` of `value` as indented JSON with sorted keys."""
-  atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True))
+  """`atomic_write_text` of `value` as indented JSON with sorted keys and a final newline."""
+  atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
 
 
 def _split_fields(line: str) -> list[str]:

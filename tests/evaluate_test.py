@@ -49,6 +49,11 @@ def test_entity_scores_sum_is_a_per_entity_logsumexp():
 def test_entity_scores_rejects_unknown_rule():
   with pytest.raises(ValueError, match='decode.score'):
     evaluate.entity_scores(jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2)), 3, rule='mean')
+  space = decode.TokenSpace(num_relations=1, num_entities=3)
+  constants = rtg_lib.RtgConstants(1.0, -1.0, -0.1, entity_offset=space.entity_offset)
+  with pytest.raises(ValueError, match='decode.score'):  # when built, before any decoding
+    evaluate.make_decode_fn(lambda p, x: None, space, beam_size=2, max_len=3,
+                            rtg_constants=constants, score_rule='mean')
 
 
 def test_answers_with_paths_follow_entity_scores():
