@@ -234,6 +234,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Entity score from the finished beams (imkga_jax/evaluate.py `entity_scores`): 'max' = the best
   # length-normalised path (SQUIRE), 'sum' = log of the summed probability of the paths reaching it.
   config.decode.score = 'max'
+  # Score every entity the last step allows after each live prefix (its full-length paths are exact:
+  # only <eos> can follow), not only the beam's best `beam_size` (imkga_jax/decode.py).
+  config.decode.complete_last = False
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

@@ -19,6 +19,14 @@ Memory per step is O(batch · beam · V) (the logits and one candidate array); n
 Finished beam: answer = the entity right before `<eos>`, log-prob = sum over its tokens (the `<eos>`
 included), `score = log-prob / max(hops, 1)` with hops = relation tokens (the direct form counts 1).
 
+Last-step completion (`complete_last=True`). At step `L - 2` the next token is the path's last entity,
+and after it the grammar leaves only `<eos>` (log-prob exactly 0), so the probability of every full-length
+path through a live prefix is known without another model call: `live logprob + log p(e | prefix)` for
+ALL entities e, not only the `beam` best. `DecodeResult.completion_*` keep, per entity, their log-sum-exp
+over the live prefixes, the best normalised score and the prefix that gives it. Beam search alone keeps
+`beam` of the `beam · E` full-length paths; a head query such as (courier, ships_via⁻¹, ?) whose answers
+are hundreds of products three hops away then reaches the one held-out product only by luck.
+
 Return-to-go tokens are recomputed each step with the target unknown (DESIGN §3): `R̂1 = r_good`, then
 `imkga_jax.rtg.next_rtg_target_unknown` (the ½·R̂1 rule for entities, 0 for relations, extra r_bad for
 a wrong-kind action), the same arithmetic that wrote the training targets.
@@ -62,6 +70,8 @@ from imkga_jax import rtg as rtg_lib
 _MASKED_LOGIT = -1e9
 
 TokensToLogits = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+_COMPLETION_FIELDS = ('completion_logprob', 'completion_score', 'completion_parent',
+                      'completion_prefix')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,19 +146,30 @@ class BeamState:
   finished_seqs: jax.Array      # [batch, L - 1, K, L] int32, slot s - 1 = finished at step s
   finished_logprob: jax.Array   # [batch, L - 1, K] f32, -inf where invalid
   finished_hops: jax.Array      # [batch, L - 1, K] int32
+  # Last-step completion (None unless `complete_last`), written at step L - 2:
+  completion_logprob: jax.Array | None = None  # [batch, E] f32 log Σ_live exp(logprob + log p(e))
+  completion_score: jax.Array | None = None    # [batch, E] f32 max_live (logprob + log p(e)) / hops
+  completion_parent: jax.Array | None = None   # [batch, E] int32 live beam of the best score
+  completion_prefix: jax.Array | None = None   # [batch, K, L] int32 live sequences at step L - 2
 
 
 @flax.struct.dataclass
 class DecodeResult:
   """Finished beams of each query, best first (F = (max_len - 1) * beam_size slots).
 
-  Invalid slots have `score = logprob = -inf` and `answer = -1` and sort last.
+  Invalid slots have `score = logprob = -inf` and `answer = -1` and sort last. The `completion_*`
+  fields (module docstring) are None unless `beam_search(..., complete_last=True)`; they cover every
+  full-length path through the live prefixes of step L - 2, the finished full-length beams included.
   """
   seqs: jax.Array      # [batch, F, L] int32, action tokens ending in <eos>
   score: jax.Array     # [batch, F] f32, logprob / max(hops, 1)
   logprob: jax.Array   # [batch, F] f32
   hops: jax.Array      # [batch, F] int32
   answer: jax.Array    # [batch, F] int32 entity id or -1
+  completion_logprob: jax.Array | None = None  # [batch, E] f32, -inf where no live prefix leads
+  completion_score: jax.Array | None = None    # [batch, E] f32, -inf likewise
+  completion_parent: jax.Array | None = None   # [batch, E] int32 index into completion_prefix
+  completion_prefix: jax.Array | None = None   # [batch, K, L] int32, tokens before step L - 2
 
 
 def _allowed_unconstrained(seqs: jax.Array, step: jax.Array, space: TokenSpace) -> jax.Array:
@@ -208,7 +229,8 @@ def _allowed_in_graph(seqs: jax.Array, step: jax.Array, head_entity: jax.Array,
 
 def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, space: TokenSpace,
                 beam_size: int, max_len: int, rtg_constants: rtg_lib.RtgConstants,
-                constraint: GraphConstraint | None = None) -> DecodeResult:
+                constraint: GraphConstraint | None = None,
+                complete_last: bool = False) -> DecodeResult:
   """Beam search over paths; pure, call it inside `jax.jit`.
 
   Args:
@@ -219,6 +241,8 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     max_len: L = 2 * max_hops + 1 action tokens.
     rtg_constants: return-to-go constants (`rtg.constants_from_config`); R̂1 = r_good.
     constraint: graph tables for constrained mode, or None.
+    complete_last: also score every entity the last step allows after each live prefix (the
+      `completion_*` fields; module docstring). Costs one `[batch, K, E]` reduction, no model call.
 
   Returns:
     `DecodeResult` with F = (L - 1) * K finished beams per query, best score first.
@@ -266,6 +290,18 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     finished_hops = lax.dynamic_update_index_in_dim(
         state.finished_hops, state.live_hops, slot, axis=1)  # [b, L-1, K]
 
+    completion = {}
+    if complete_last:  # at step L - 2 only: the last entity, after which <eos> is certain
+      def complete(_):
+        paths = state.live_logprob[..., None] + logp[..., space.entity_offset:]  # [b, K, E]
+        norm = paths / jnp.maximum(state.live_hops, 1).astype(jnp.float32)[..., None]  # [b, K, E]
+        return dict(completion_logprob=jax.nn.logsumexp(paths, axis=1),  # [b, E]
+                    completion_score=jnp.max(norm, axis=1),  # [b, E]
+                    completion_parent=jnp.argmax(norm, axis=1).astype(jnp.int32),  # [b, E]
+                    completion_prefix=state.live_seqs)  # [b, K, L]
+      completion = lax.cond(step == l - 2, complete, lambda _: {
+          k: getattr(state, k) for k in _COMPLETION_FIELDS}, None)
+
     # Continue: top K of the beam x vocab candidates without <eos>.
     candidates = state.live_logprob[..., None] + logp.at[..., kg_lib.EOS].set(-jnp.inf)  # [b, K, V]
     live_logprob, flat_index = lax.top_k(candidates.reshape(batch, k * v), k)  # [b, K]
@@ -282,7 +318,7 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
             + space.is_relation(token).astype(jnp.int32))  # [b, K]
     return BeamState(step=step + 1, live_logprob=live_logprob, live_seqs=seqs, live_rtg=rtg,
                      live_hops=hops, finished_seqs=finished_seqs, finished_logprob=finished_logprob,
-                     finished_hops=finished_hops)
+                     finished_hops=finished_hops, **completion)
 
   def cond(state: BeamState) -> jax.Array:
     return (state.step < l) & jnp.any(jnp.isfinite(state.live_logprob))
@@ -297,6 +333,12 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
       finished_seqs=jnp.full((batch, l - 1, k, l), kg_lib.PAD, jnp.int32),
       finished_logprob=jnp.full((batch, l - 1, k), -jnp.inf, jnp.float32),
       finished_hops=jnp.zeros((batch, l - 1, k), jnp.int32))
+  if complete_last:
+    e = space.num_entities
+    init = init.replace(completion_logprob=jnp.full((batch, e), -jnp.inf, jnp.float32),
+                        completion_score=jnp.full((batch, e), -jnp.inf, jnp.float32),
+                        completion_parent=jnp.zeros((batch, e), jnp.int32),
+                        completion_prefix=jnp.full((batch, k, l), kg_lib.PAD, jnp.int32))
   final = lax.while_loop(cond, body, init)
 
   f = (l - 1) * k
@@ -311,7 +353,8 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
   last = jnp.take_along_axis(seqs, jnp.maximum(eos_at - 1, 0)[..., None], axis=2)[..., 0]  # [b, F]
   valid = jnp.isfinite(score) & space.is_entity(last) & (eos_at >= 1)
   answer = jnp.where(valid, last - space.entity_offset, -1)  # [b, F]
-  return DecodeResult(seqs=seqs, score=score, logprob=logprob, hops=hops, answer=answer)
+  return DecodeResult(seqs=seqs, score=score, logprob=logprob, hops=hops, answer=answer,
+                      **{k: getattr(final, k) for k in _COMPLETION_FIELDS})
 
 
 def branch_index(branches: tuple[str, ...], name: str) -> int:

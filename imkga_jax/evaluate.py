@@ -1,7 +1,8 @@
 """Filtered ranking, MRR / Hits@k and path explanations on top of the jitted beam search (DESIGN §7).
 
 Entity score = max over the finished beams ending in the entity of `logprob / hops` (a scatter-max into
-`[batch, E]`, -inf for unreached entities). For a query (h, r, t) every OTHER known answer of (h, r)
+`[batch, E]`, -inf for unreached entities); `decode.score='sum'` sums their probabilities instead, and
+`decode.complete_last` adds every full-length path through the last live prefixes (`with_completions`). For a query (h, r, t) every OTHER known answer of (h, r)
 (train + valid + test, both directions: `kg.filter_csr`) is removed before ranking, and
 
   rank = 1 + #{score > s_t} + (#{score == s_t} - 1) / 2        (realistic / mean tie handling)
@@ -92,6 +93,25 @@ def entity_scores(answer: jax.Array, score: jax.Array, num_entities: int, *,
   return jnp.where(jnp.isfinite(best), best + jnp.log(jnp.maximum(total, 1e-30)), -jnp.inf)
 
 
+def with_completions(result: decode.DecodeResult, num_entities: int, *, rule: str = 'max'
+                     ) -> jax.Array:
+  """`[batch, E]` entity scores from the finished beams AND the last-step completions.
+
+  `beam_search(complete_last=True)` scores every full-length path through the live prefixes; the
+  finished full-length beams (`<eos>` in the last position) are a subset of those, so they are left
+  out of the beam part before merging (rule 'sum' would count them twice): 'max' takes the larger
+  score, 'sum' adds the probabilities (log-add-exp).
+  """
+  check_score_rule(rule)
+  if result.completion_logprob is None:
+    raise ValueError('with_completions: the beam search ran without complete_last=True')
+  shorter = jnp.where(result.seqs[..., -1] == kg_lib.EOS, -1, result.answer)  # [b, F]
+  beams = entity_scores(shorter, result.score, num_entities, logprob=result.logprob, rule=rule)
+  if rule == 'max':
+    return jnp.maximum(beams, result.completion_score)
+  return jnp.logaddexp(beams, result.completion_logprob)
+
+
 def filtered_ranks(scores: np.ndarray, targets: np.ndarray, indptr: np.ndarray,
                    known: np.ndarray) -> np.ndarray:
   """Filtered, tie-averaged ranks (module docstring).
@@ -144,6 +164,7 @@ def direction_queries(kg: kg_lib.KnowledgeGraph, split: str, max_queries: int = 
 def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.TokensToLogits],
                    space: decode.TokenSpace, *, beam_size: int, max_len: int,
                    rtg_constants: rtg_lib.RtgConstants, score_rule: str = 'max',
+                   complete_last: bool = False,
                    batch_sharding: NamedSharding | None = None) -> DecodeFn:
   """One jitted function: beam search + entity scores for a batch of queries.
 
@@ -154,6 +175,8 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     beam_size, max_len: beam search sizes.
     rtg_constants: return-to-go constants.
     score_rule: how finished beams become entity scores, 'max' or 'sum' (`entity_scores`).
+    complete_last: also score every entity the last step can reach from the live prefixes
+      (`decode.beam_search`, `with_completions`), not only the beam's best.
     batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
       data parallel over the mesh, params and constraint replicated. None: plain `jax.jit`.
 
@@ -167,10 +190,11 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     context = decode.tile_beams({k: v for k, v in inputs.items() if k != 'head_entity'}, beam_size)
     result = decode.beam_search(logits_factory(params, context), inputs['head_entity'], space=space,
                                 beam_size=beam_size, max_len=max_len, rtg_constants=rtg_constants,
-                                constraint=constraint)
-    scores = entity_scores(result.answer, result.score, space.num_entities,
-                           logprob=result.logprob, rule=score_rule)
-    return scores, result
+                                constraint=constraint, complete_last=complete_last)
+    if complete_last:
+      return with_completions(result, space.num_entities, rule=score_rule), result
+    return entity_scores(result.answer, result.score, space.num_entities, logprob=result.logprob,
+                         rule=score_rule), result
 
   if batch_sharding is None:
     return jax.jit(fn)
@@ -213,26 +237,46 @@ def decode_batches(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
 
 # ============================================================================ explanations
 def answers_with_paths(kg: kg_lib.KnowledgeGraph, seqs: np.ndarray, score: np.ndarray,
-                       answer: np.ndarray, limit: int, entity_score: np.ndarray | None = None
+                       answer: np.ndarray, limit: int, entity_score: np.ndarray | None = None,
+                       completion: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> list[dict[str, Any]]:
   """The best `limit` distinct answers of one query, each with its best path in names.
 
   Args:
     seqs, score, answer: `[F, L]`, `[F]`, `[F]` of one query's `DecodeResult` (best first).
     limit: answers to return.
-    entity_score: `[E]` the query's entity scores (`entity_scores`); when given, answers are ordered
-      and scored by it (what the ranking uses), each still shown with its best path.
+    entity_score: `[E]` the query's entity scores (`entity_scores` / `with_completions`); when
+      given, answers are ordered and scored by it (what the ranking uses), each still shown with
+      its best path.
+    completion: `(completion_prefix [K, L], completion_parent [E])` of the query when decoding
+      completed the last step; the best-scored answers no finished beam reaches then show their
+      best full-length path.
   """
   best = {}  # answer -> (beam score, path) of its first (best) beam
   for seq, s, a in zip(seqs, score, answer):
     if a >= 0 and int(a) not in best:
       best[int(a)] = (float(s), [kg.token_name(t) for t in seq[:list(seq).index(kg_lib.EOS)]])
+  if entity_score is not None and completion is not None:
+    prefix, parent = completion
+    length = prefix.shape[-1]
+    for a in np.argsort(-np.asarray(entity_score), kind='stable')[:limit]:
+      if np.isfinite(entity_score[a]) and int(a) not in best:
+        tokens = list(prefix[parent[a]][:length - 2]) + [kg.entity_token(int(a))]
+        best[int(a)] = (float(entity_score[a]), [kg.token_name(t) for t in tokens])
   order = list(best)  # beam order
   if entity_score is not None:
     order.sort(key=lambda a: -float(entity_score[a]))  # stable: ties keep beam order
   return [{'entity': kg.entities[a],
            'score': best[a][0] if entity_score is None else float(entity_score[a]),
            'path': best[a][1]} for a in order[:limit]]
+
+
+def _completion_of(result: decode.DecodeResult, row: int
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+  """`answers_with_paths`' completion argument for one query of a host-side result."""
+  if result.completion_prefix is None:
+    return None
+  return np.asarray(result.completion_prefix[row]), np.asarray(result.completion_parent[row])
 
 
 # ============================================================================ evaluation
@@ -268,7 +312,8 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
                         'answer': kg.entities[t]},
               'rank': float(ranks[rows.start + i]),
               'answers': answers_with_paths(kg, result.seqs[i], result.score[i], result.answer[i],
-                                            config.decode.num_explanations, scores[i])})
+                                            config.decode.num_explanations, scores[i],
+                                            _completion_of(result, i))})
     metrics[direction] = ranking_metrics(ranks, reached)
     base = queries[:, 1] % kg.num_relations
     for rid in np.unique(base):
@@ -339,7 +384,7 @@ def predict(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, query: 
                                           config.decode.batch_size, constraint, desc='predict'))
   result = jax.device_get(result)
   answers = answers_with_paths(kg, result.seqs[0], result.score[0], result.answer[0],
-                               config.decode.num_explanations, scores[0])
+                               config.decode.num_explanations, scores[0], _completion_of(result, 0))
   known = {kg.entities[t] for t in kg.filter_index().get((head, relation), ())}
   return [dict(a, rank=i + 1, known=a['entity'] in known) for i, a in enumerate(answers)]
 
@@ -373,7 +418,8 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       decode.TokenSpace.from_kg(kg),
       beam_size=config.decode.beam_size, max_len=2 * config.trajectories.max_hops + 1,
       rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
-      score_rule=config.decode.score, batch_sharding=batch_sharding)
+      score_rule=config.decode.score, complete_last=config.decode.complete_last,
+      batch_sharding=batch_sharding)
   constraint = decode.GraphConstraint.from_kg(kg) if config.decode.constrained else None
   return decode_fn, constraint
 

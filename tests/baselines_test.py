@@ -159,7 +159,9 @@ def test_learns_a_held_out_copy_of_a_relation(name, tmp_path):
   assert written['test']['tail']['queries'] == 4 and written['test']['both']['queries'] == 8
   with open(os.path.join(workdir, 'metrics_by_relation.json')) as f:
     by_relation = json.load(f)
-  assert set(by_relation) == {'same'} and by_relation['same']['count'] == 4
+  assert set(by_relation) == {'test'} and set(by_relation['test']) == {'same'}
+  same = by_relation['test']['same']
+  assert same['tail']['queries'] == same['head']['queries'] == 4 and same['both']['queries'] == 8
 
 
 def test_untrained_model_is_not_near_perfect(tmp_path):
@@ -188,4 +190,5 @@ def test_max_queries_ranks_the_seeded_subset_of_evaluate(tmp_path):
   metrics = train.train_and_evaluate(_config('complex', num_epochs=1, max_queries=3), workdir)
   assert metrics['test']['tail']['queries'] == 3 and metrics['valid']['both']['queries'] == 4
   expected = evaluate.direction_queries(graph, 'test', 3)['tail']
-  assert sum(m['count'] for m in metrics['by_relation'].values()) == len(expected)
+  assert sum(m['tail']['queries'] for m in metrics['by_relation'].values()) == len(expected)
+  assert sum(m['head']['queries'] for m in metrics['by_relation'].values()) == len(expected)

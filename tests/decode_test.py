@@ -84,10 +84,10 @@ def brute_force(table, rtg_weight, head, space, max_len, edges=None):
   return out
 
 
-def run_beam(table, rtg_weight, heads, space, beam, max_len, constraint=None):
+def run_beam(table, rtg_weight, heads, space, beam, max_len, constraint=None, complete_last=False):
   fn = jax.jit(lambda h: decode.beam_search(
       table_stub(table, rtg_weight), h, space=space, beam_size=beam, max_len=max_len,
-      rtg_constants=constants(space), constraint=constraint))
+      rtg_constants=constants(space), constraint=constraint, complete_last=complete_last))
   return jax.device_get(fn(jnp.asarray(heads, jnp.int32)))
 
 
@@ -147,6 +147,49 @@ def test_small_beam_finds_the_known_best_paths_in_order():
   assert [s for s, _ in got] == [s for s, _ in best]
   np.testing.assert_allclose([v for _, v in got], [v for _, v in best], rtol=1e-5)
   assert result.answer[0, 0] == 2 and result.hops[0, 0] == 2 and result.answer[0, 1] == 0
+
+
+def full_length_reference(expected, space, max_len, prefixes=None):
+  """Per entity: (log Σ exp logprob, max score) of the brute-force full-length sequences ending in it,
+  restricted to those whose first `max_len - 2` tokens are in `prefixes` (None: all)."""
+  logsum = np.full(space.num_entities, -np.inf)
+  best = np.full(space.num_entities, -np.inf)
+  for seq, score in expected.items():
+    if len(seq) != max_len or (prefixes is not None and seq[:max_len - 2] not in prefixes):
+      continue
+    hops = sum(space.relation_offset <= t < space.entity_offset for t in seq)
+    e = seq[-2] - space.entity_offset
+    logsum[e] = np.logaddexp(logsum[e], score * max(hops, 1))
+    best[e] = max(best[e], score)
+  return logsum, best
+
+
+@pytest.mark.parametrize('beam', [384, 2])
+def test_last_step_completion_scores_every_entity_after_the_live_prefixes(beam):
+  # R=1, E=5, L=5. Beam 384 prunes nothing: the completions are every full-length path. Beam 2
+  # keeps two prefixes at step L - 2; the completions are every path through them, for all five
+  # entities, where the finished beams of the last step hold only two.
+  space = decode.TokenSpace(num_relations=1, num_entities=5)
+  max_len = 5
+  table, w = random_problem(11, space, max_len)
+  result = run_beam(table, w, [0], space, beam, max_len, complete_last=True)
+  expected = brute_force(table, w, 0, space, max_len)
+  live = [tuple(p[:max_len - 2]) for p in result.completion_prefix[0]]
+  prefixes = None if beam > 100 else {p for p in live if kg_lib.PAD not in p}
+  if prefixes is not None:
+    assert len(prefixes) == beam
+  logsum, best = full_length_reference(expected, space, max_len, prefixes)
+  np.testing.assert_allclose(result.completion_logprob[0], logsum, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(result.completion_score[0], best, rtol=1e-4, atol=1e-5)
+  assert np.all(np.isfinite(result.completion_logprob[0]))  # every entity scored
+  for e in range(space.num_entities):  # the parent gives the best full-length path
+    path = live[result.completion_parent[0, e]] + (space.entity_offset + e, EOS)
+    np.testing.assert_allclose(expected[path], best[e], rtol=1e-4, atol=1e-5)
+  full = [a for a, seq in zip(result.answer[0], result.seqs[0]) if a >= 0 and seq[-1] == EOS]
+  assert len(set(full)) <= beam  # the finished beams alone see at most `beam` of them
+  plain = run_beam(table, w, [0], space, beam, max_len)
+  assert plain.completion_logprob is None  # off by default, nothing extra carried
+  np.testing.assert_array_equal(plain.score, result.score)  # and the beams are unchanged
 
 
 def random_graph(seed, num_entities, num_relations, num_edges):

@@ -56,6 +56,38 @@ def test_entity_scores_rejects_unknown_rule():
                             rtg_constants=constants, score_rule='mean')
 
 
+@pytest.mark.parametrize('rule', ['max', 'sum'])
+def test_with_completions_counts_each_path_once(rule):
+  """Exhaustive beam: the completions are exactly the finished full-length beams, so merging them
+  gives the plain beam scores; with a beam of 1 more entities get a score, none loses one."""
+  space = decode.TokenSpace(num_relations=1, num_entities=4)
+  rng = np.random.default_rng(3)
+  table = rng.normal(size=(5, space.num_tokens)).astype(np.float32)
+  table[0, space.relation_offset:space.entity_offset] += 5.0  # the single beam walks a path
+  table = jnp.asarray(table)
+  stub = lambda actions, rtg, step: jnp.broadcast_to(table[step], (actions.shape[0],) + table.shape[1:])
+  constants = rtg_lib.RtgConstants(1.0, -1.0, -0.1, entity_offset=space.entity_offset)
+
+  def scores(beam, complete):
+    result = decode.beam_search(stub, jnp.zeros([1], jnp.int32), space=space, beam_size=beam,
+                                max_len=5, rtg_constants=constants, complete_last=complete)
+    plain = evaluate.entity_scores(result.answer, result.score, 4, logprob=result.logprob, rule=rule)
+    if not complete:
+      return np.asarray(plain)
+    return np.asarray(plain), np.asarray(evaluate.with_completions(result, 4, rule=rule))
+
+  exhaustive, merged = scores(400, True)
+  np.testing.assert_allclose(merged, exhaustive, rtol=1e-5)
+  narrow, merged = scores(1, True)
+  reached = np.isfinite(narrow)
+  assert np.all(np.isfinite(merged)) and not np.all(reached)
+  assert np.all(merged[reached] >= narrow[reached] - 1e-5)
+  with pytest.raises(ValueError, match='complete_last'):
+    result = decode.beam_search(stub, jnp.zeros([1], jnp.int32), space=space, beam_size=1,
+                                max_len=5, rtg_constants=constants)
+    evaluate.with_completions(result, 4, rule=rule)
+
+
 def test_answers_with_paths_follow_entity_scores():
   kg = kg_lib.KnowledgeGraph(entities=['a', 'b', 'c'], relations=['r'],
                              train=np.asarray([[0, 0, 1], [1, 0, 2]], np.int32),
@@ -69,6 +101,13 @@ def test_answers_with_paths_follow_entity_scores():
   by_entity = evaluate.answers_with_paths(kg, seqs, score, answer, 5, entity_score)
   assert [(a['entity'], a['score']) for a in by_entity] == [('c', -0.5), ('b', -1.0)]
   assert by_entity[0]['path'] == ['c']
+  # An answer only the last-step completion reaches shows its full-length path.
+  prefix = np.asarray([[kg.relation_offset, e + 1, kg.relation_offset, 0, 0]])  # r b r _ _
+  seqs5 = np.pad(seqs, ((0, 0), (0, 2)))
+  entity_score = np.asarray([-0.1, -1.0, -0.5])  # 'a': no finished beam
+  got = evaluate.answers_with_paths(kg, seqs5, score, answer, 2, entity_score,
+                                    (prefix, np.zeros(3, np.int32)))
+  assert [(a['entity'], a['path']) for a in got] == [('a', ['r', 'b', 'r', 'a']), ('c', ['c'])]
 
 
 def rank_reference(scores, target, known):

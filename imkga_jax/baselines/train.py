@@ -20,7 +20,7 @@ Standard recipe (Lacroix et al. 2018; Dettmers et al. 2018; Ruffinelli et al. 20
 Ranks are computed by the project's shared filtered ranking (`imkga_jax.evaluate`), so the baselines and
 IMKGA-SM are measured by the same code. Outputs in WORKDIR: `metrics.json`
 (`{"valid"|"test": {"tail"|"head"|"both": {mrr, hits@1, hits@3, hits@10, reached}}}`),
-`metrics_by_relation.json` (test tail queries per base relation name, with `count`) and
+`metrics_by_relation.json` (`{"test": {relation: {"tail"|"head"|"both": metrics}}}`, IMKGA-SM's layout) and
 `baseline_history.json` (loss and validation MRR per evaluation).
 
 Run: `python -m imkga_jax.baselines.train --config=configs/baselines.py:complex,umls
@@ -207,14 +207,25 @@ def summarize(ranked: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, f
 
 
 def metrics_by_relation(ranked: dict[str, dict[str, np.ndarray]], graph: kg_lib.KnowledgeGraph
-                        ) -> dict[str, dict[str, float]]:
-  """Metrics of the TAIL queries of `rank_split`'s output per base relation name (with `count`)."""
-  tail = ranked['tail']
+                        ) -> dict[str, dict[str, dict[str, float]]]:
+  """`{relation name: {'tail'|'head'|'both': metrics}}` of `rank_split`'s output per base relation.
+
+  The layout of one split of IMKGA-SM's `metrics_by_relation.json` (`evaluate.evaluate_split`).
+  """
+  num_relations = graph.num_relations
+  parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+  for direction, x in ranked.items():
+    base = x['relations'] % num_relations  # head queries ask (t, r + R, ?)
+    for rid in np.unique(base):
+      mask = base == rid
+      parts.setdefault(graph.relation_name(int(rid)), {})[direction] = (x['ranks'][mask],
+                                                                       x['reached'][mask])
   out = {}
-  for rid in np.unique(tail['relations']):
-    mask = tail['relations'] == rid
-    out[graph.relation_name(int(rid))] = dict(
-        evaluate.ranking_metrics(tail['ranks'][mask], tail['reached'][mask]), count=int(mask.sum()))
+  for name, by_direction in sorted(parts.items()):
+    out[name] = {d: evaluate.ranking_metrics(*v) for d, v in by_direction.items()}
+    out[name]['both'] = evaluate.ranking_metrics(
+        np.concatenate([v[0] for v in by_direction.values()]),
+        np.concatenate([v[1] for v in by_direction.values()]))
   return out
 
 
@@ -226,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: folder with `prepared/` (or a raw KG at `config.data.root`); outputs go here.
 
   Returns:
-    The metrics dict also written to `WORKDIR/metrics.json`, plus `'by_relation'` (test tail queries
+    The metrics dict also written to `WORKDIR/metrics.json`, plus `'by_relation'` (test queries
     per relation) and `'train_seconds'`.
 
   Example:
@@ -315,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics[split] = summarize(ranked)
   by_relation = metrics_by_relation(ranked, graph)  # `ranked` is the test split here.
   evaluate.write_metrics(workdir, metrics)
-  kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
+  kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
   kg_lib.write_json(os.path.join(workdir, HISTORY_FILE), history)
   logging.info('%s test (both): %s; trained %.1f s', b.model, metrics['test']['both'], train_seconds)
   return dict(metrics, by_relation=by_relation, train_seconds=train_seconds)
