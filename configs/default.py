@@ -124,6 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (benchmarks/RESULTS.md, "Why the image-evidence relations lag"). Grounded queries keep one copy,
   # so the paths of the structure relations are not crowded out.
   config.trajectories.image_direct_repeat = 1
+  # Which queries count as grounded for image_direct_repeat: those with a path of a rule of at least
+  # this confidence (0 = any rule). A weak rule (the synthetic KG's style∘style⁻¹∘colour, 0.30)
+  # grounds a colour fact on paths held-out products lack; the image is the better teacher there.
+  config.trajectories.image_direct_min_confidence = 0.0
   # TFRecord shards written (>= number of processes that will read them).
   config.trajectories.num_shards = 8
   # Threads of the tf.data reader (its private pool; keeps TF from taking every core).

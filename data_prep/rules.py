@@ -501,11 +501,12 @@ def mine_rules(kg: kg_lib.KnowledgeGraph, config: Any, graph: TrainGraph | None 
 class Groundings:
   """Grounded rule paths. Path i answers query `query[i]` in `hops[i]` hops: relations
   `relations[i, :hops]` through entities `entities[i, :hops]` (the last one is the query's tail);
-  unused slots hold -1."""
+  unused slots hold -1. `confidence[i]` is the confidence of the rule it instantiates."""
   query: np.ndarray  # [m] int64 index into the queries array
   relations: np.ndarray  # [m, max_length] int64
   entities: np.ndarray  # [m, max_length] int64
   hops: np.ndarray  # [m] int64
+  confidence: np.ndarray  # [m] float64
 
 
 def _walk_body(g: TrainGraph, x: np.ndarray, y: np.ndarray, body: Sequence[int], fanout: int,
@@ -560,11 +561,11 @@ def ground_paths(graph: TrainGraph, ruleset: RuleSet, queries: np.ndarray, *, pa
   rng = np.random.default_rng([int(seed), 43])
   queries = np.asarray(queries, np.int64)
   count = np.zeros(len(queries), np.int64)
-  out_q, out_rel, out_ent, out_hops = [], [], [], []
+  out_q, out_rel, out_ent, out_hops, out_conf = [], [], [], [], []
   heads = [h for h in sorted(ruleset.rules) if ruleset.rules[h]]
   for head in tqdm.tqdm(heads, desc='grounding paths', leave=False, mininterval=2.0):
     mine = np.flatnonzero((queries[:, 1] == head) & (queries[:, 0] != queries[:, 2]))
-    for _, body in ruleset.rules[head]:
+    for confidence, body in ruleset.rules[head]:
       if len(body) > max_length:
         raise ValueError(f'rule body {body} is longer than max_length={max_length}; set '
                          'config.rules.max_length <= config.trajectories.max_hops')
@@ -588,8 +589,10 @@ def ground_paths(graph: TrainGraph, ruleset: RuleSet, queries: np.ndarray, *, pa
       ent[:, :n - 1] = nodes
       ent[:, n - 1] = queries[q, 2]
       out_q.append(q), out_rel.append(rel), out_ent.append(ent), out_hops.append(np.full(len(q), n))
+      out_conf.append(np.full(len(q), float(confidence)))
   if not out_q:
     empty = np.zeros((0, max_length), np.int64)
-    return Groundings(np.zeros(0, np.int64), empty, empty.copy(), np.zeros(0, np.int64))
+    return Groundings(np.zeros(0, np.int64), empty, empty.copy(), np.zeros(0, np.int64),
+                      np.zeros(0, np.float64))
   return Groundings(np.concatenate(out_q), np.concatenate(out_rel), np.concatenate(out_ent),
-                    np.concatenate(out_hops))
+                    np.concatenate(out_hops), np.concatenate(out_conf))

@@ -202,7 +202,10 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   if repeat < 1:
     raise ValueError(f'trajectories.image_direct_repeat must be >= 1, got {repeat}')
   if repeat > 1:  # more exposure for the answers only the head's image shows (see default.py)
-    only_image = image_head_mask(kg, queries)[direct] & ~grounded[direct]
+    min_confidence = float(config.trajectories.image_direct_min_confidence)
+    trusted = np.zeros(len(queries), bool)  # grounded by a rule at least that confident
+    trusted[paths.query[paths.confidence >= min_confidence]] = True
+    only_image = image_head_mask(kg, queries)[direct] & ~trusted[direct]
     direct = np.repeat(direct, np.where(only_image, repeat, 1))
   rng = np.random.default_rng([seed, 47])
   num_pos = len(paths.query) + len(direct)
@@ -236,6 +239,7 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
            'paths_per_hops': {str(n): int(hops[n]) for n in range(1, max_hops + 1)},
            'direct': int(len(direct)), 'direct_also_grounded': int(grounded[direct].sum()),
            'direct_unique': int(len(np.unique(direct))),
+           'direct_repeated': int(len(direct) - len(np.unique(direct))),
            'direct_share': round(len(direct) / max(num_pos, 1), 4),
            'negatives': int(len(neg_q)), 'negatives_requested': num_neg,
            'self_loop_queries': int(np.sum(queries[:, 0] == queries[:, 2])),

@@ -262,6 +262,14 @@ def test_image_direct_repeat_copies_only_ungrounded_image_head_direct_trajectori
   assert stats3['direct_unique'] == stats1['direct_unique'] == stats1['direct']
   np.testing.assert_array_equal(thrice.kind[thrice.kind != input_pipeline.KIND_DIRECT],
                                 once.kind[once.kind != input_pipeline.KIND_DIRECT])
+  # Above every rule's confidence no path counts: grounded image-head queries are repeated too.
+  config.trajectories.image_direct_min_confidence = 1.01
+  strict, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)
+  assert count(strict, True, True) == 3 * count(once, True, True)
+  assert count(strict, True, False) == count(thrice, True, False)
+  assert count(strict, False, True) == count(once, False, True)
+  assert stats['direct_repeated'] == 2 * (count(once, True, True) + count(once, True, False))
+  config.trajectories.image_direct_min_confidence = 0.0
   config.trajectories.image_direct_repeat = 0
   with pytest.raises(ValueError, match='image_direct_repeat'):
     trajectories.assemble(kg, config, graph, ruleset, None, 0)
