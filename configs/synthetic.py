@@ -13,9 +13,6 @@ paper's settings, all to fit that budget, each a config key:
   * an answer's score sums the probabilities of the beam's paths that reach it (decode.score='sum')
     instead of SQUIRE's best length-normalised path: on the 3,000-step model, valid MRR 0.661 vs
     0.659 and test MRR 0.683 vs 0.675 (400 triples), more where several paths support an answer.
-  * every entity the last step can reach after a live prefix is scored (decode.complete_last), not only
-    the beam's best: on the Table 3 mkg_rl checkpoint, full test MRR 0.646 -> 0.661 (head queries
-    0.551 -> 0.581; courier -> product head queries 0.002 -> 0.433).
 """
 from configs import default
 
@@ -43,7 +40,6 @@ def get_config():
   config.decode.beam_size = 64
   config.decode.constrained = True
   config.decode.score = 'sum'
-  config.decode.complete_last = True
   # The main job evaluates a seeded sample of 400 triples per split (both directions) to stay within
   # its time budget on a 2-core CPU; --config.decode.max_queries=-1 evaluates every triple.
   config.decode.max_queries = 400
