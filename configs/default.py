@@ -243,6 +243,9 @@ def get_config() -> ml_collections.ConfigDict:
   # the Table 3 checkpoints, off -> on: synthetic mkg_rl 0.646 -> 0.661, umls rl 0.758 -> 0.779,
   # kinship rl 0.634 -> 0.648 (benchmarks/RESULTS.md).
   config.decode.complete_last = True
+  # Finish the best `finish_width` paths (not only the beam's) after each inner entity step, at one more
+  # model call on batch * finish_width rows per such step (0 = off; imkga_jax/decode.py).
+  config.decode.finish_width = 0
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

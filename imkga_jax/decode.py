@@ -27,6 +27,13 @@ over the live prefixes, the best normalised score and the prefix that gives it. 
 `beam` of the `beam · E` full-length paths; a head query such as (courier, ships_via⁻¹, ?) whose answers
 are hundreds of products three hops away then reaches the one held-out product only by luck.
 
+Wide finishing (`finish_width = W > beam`). A path may also end after an inner entity (`r1 e1 <eos>`,
+`r1 e1 r2 e2 <eos>`); there the `<eos>` probability depends on the entity, so it takes a model call.
+Plain beam search finishes only the `beam` entities it keeps; with W it takes the best W of the
+`beam · E` (prefix, entity) candidates of each inner entity step, calls the model once on those W
+rows for their `<eos>` log-prob and stores them as that step's finished beams (exact paths, like
+every finished beam). The live beams are unchanged.
+
 Return-to-go tokens are recomputed each step with the target unknown (DESIGN §3): `R̂1 = r_good`, then
 `imkga_jax.rtg.next_rtg_target_unknown` (the ½·R̂1 rule for entities, 0 for relations, extra r_bad for
 a wrong-kind action), the same arithmetic that wrote the training targets.
@@ -137,15 +144,16 @@ class GraphConstraint:
 
 @flax.struct.dataclass
 class BeamState:
-  """Loop carry of `beam_search`; L = max_len, K = beam, F = (L - 1) * K finished slots."""
+  """Loop carry of `beam_search`; L = max_len, K = beam, W = max(K, finish_width) finished slots
+  per step."""
   step: jax.Array               # [] int32, the position being predicted
   live_logprob: jax.Array       # [batch, K] f32, -inf for empty/dead beams
   live_seqs: jax.Array          # [batch, K, L] int32, <pad> after the current step
   live_rtg: jax.Array           # [batch, K, L] f32, R̂ fed with each step
   live_hops: jax.Array          # [batch, K] int32, relation tokens so far
-  finished_seqs: jax.Array      # [batch, L - 1, K, L] int32, slot s - 1 = finished at step s
-  finished_logprob: jax.Array   # [batch, L - 1, K] f32, -inf where invalid
-  finished_hops: jax.Array      # [batch, L - 1, K] int32
+  finished_seqs: jax.Array      # [batch, L - 1, W, L] int32, slot s - 1 = finished at step s
+  finished_logprob: jax.Array   # [batch, L - 1, W] f32, -inf where invalid
+  finished_hops: jax.Array      # [batch, L - 1, W] int32
   # Last-step completion (None unless `complete_last`), written at step L - 2:
   completion_logprob: jax.Array | None = None  # [batch, E] f32 log Σ_live exp(logprob + log p(e))
   completion_score: jax.Array | None = None    # [batch, E] f32 max_live (logprob + log p(e)) / hops
@@ -155,7 +163,7 @@ class BeamState:
 
 @flax.struct.dataclass
 class DecodeResult:
-  """Finished beams of each query, best first (F = (max_len - 1) * beam_size slots).
+  """Finished beams of each query, best first (F = (max_len - 1) * max(beam_size, finish_width)).
 
   Invalid slots have `score = logprob = -inf` and `answer = -1` and sort last. The `completion_*`
   fields (module docstring) are None unless `beam_search(..., complete_last=True)`; they cover every
@@ -230,7 +238,8 @@ def _allowed_in_graph(seqs: jax.Array, step: jax.Array, head_entity: jax.Array,
 def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, space: TokenSpace,
                 beam_size: int, max_len: int, rtg_constants: rtg_lib.RtgConstants,
                 constraint: GraphConstraint | None = None,
-                complete_last: bool = False) -> DecodeResult:
+                complete_last: bool = False, finish_width: int = 0,
+                finish_logits: TokensToLogits | None = None) -> DecodeResult:
   """Beam search over paths; pure, call it inside `jax.jit`.
 
   Args:
@@ -243,9 +252,13 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     constraint: graph tables for constrained mode, or None.
     complete_last: also score every entity the last step allows after each live prefix (the
       `completion_*` fields; module docstring). Costs one `[batch, K, E]` reduction, no model call.
+    finish_width: W > K finishes the best W (not K) path entities of each inner entity step
+      (module docstring): one more model call on `batch * W` rows at each of them. 0 or <= K: off.
+    finish_logits: the model callback for `batch * W` rows (the query context tiled W times);
+      needed when `finish_width > K`.
 
   Returns:
-    `DecodeResult` with F = (L - 1) * K finished beams per query, best score first.
+    `DecodeResult` with F = (L - 1) * max(K, W) finished beams per query, best score first.
 
   Example:
     >>> space = TokenSpace(num_relations=1, num_entities=3)
@@ -264,6 +277,39 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     raise ValueError(f'beam_search: rtg_constants.entity_offset={c.entity_offset} differs from the '
                      f'token space ({space.entity_offset}); build both from the same KG')
   positions = jnp.arange(l, dtype=jnp.int32)  # [L]
+  e = space.num_entities
+  w = min(int(finish_width), k * e) if finish_width > k else k  # finished slots per step
+  wide = w > k
+  if wide and finish_logits is None:
+    raise ValueError(f'beam_search: finish_width={finish_width} > beam_size={k} needs finish_logits '
+                     '(the model callback for batch * finish_width rows)')
+
+  def extend(state: BeamState, parent: jax.Array, token: jax.Array, step: jax.Array
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Live beams `parent` [b, n] extended by `token` [b, n] at `step`: (seqs, rtg, hops)."""
+    seqs = jnp.take_along_axis(state.live_seqs, parent[..., None], axis=1)  # [b, n, L]
+    before = lax.dynamic_index_in_dim(seqs, jnp.maximum(step - 1, 0), axis=2, keepdims=False)
+    before = jnp.where(step == 0, kg_lib.BOS, before)  # [b, n] the action before `token`
+    seqs = lax.dynamic_update_index_in_dim(seqs, token, step, axis=2)  # [b, n, L]
+    rtg = jnp.take_along_axis(state.live_rtg, parent[..., None], axis=1)  # [b, n, L]
+    current = lax.dynamic_index_in_dim(rtg, step, axis=2, keepdims=False)  # [b, n]
+    following = rtg_lib.next_rtg_target_unknown(current, token, before, c.r_good, c, xp=jnp)
+    rtg = jnp.where(positions > step, following[..., None], rtg)  # [b, n, L] padded steps repeat
+    hops = (jnp.take_along_axis(state.live_hops, parent, axis=1)
+            + space.is_relation(token).astype(jnp.int32))  # [b, n]
+    return seqs, rtg, hops
+
+  def pad_to_width(x: jax.Array, value) -> jax.Array:
+    """`[b, K, ...]` -> `[b, W, ...]`, the new rows filled with `value`."""
+    if w == k:
+      return x
+    return jnp.pad(x, [(0, 0), (0, w - k)] + [(0, 0)] * (x.ndim - 2), constant_values=value)
+
+  def put(finished: tuple[jax.Array, ...], slot: jax.Array, seqs: jax.Array, logprob: jax.Array,
+          hops: jax.Array) -> tuple[jax.Array, ...]:
+    """Writes `[b, W, ...]` finished beams into `slot` of the (seqs, logprob, hops) buffers."""
+    return tuple(lax.dynamic_update_index_in_dim(buf, x, slot, axis=1)
+                 for buf, x in zip(finished, (seqs, logprob, hops)))
 
   def allowed_fn(seqs, step):
     if constraint is None:
@@ -284,11 +330,31 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     finish_seqs = lax.dynamic_update_index_in_dim(
         state.live_seqs, jnp.full((batch, k), kg_lib.EOS, jnp.int32), step, axis=2)  # [b, K, L]
     slot = jnp.maximum(step - 1, 0)  # step 0 never finishes; step 1 overwrites slot 0
-    finished_seqs = lax.dynamic_update_index_in_dim(state.finished_seqs, finish_seqs, slot, axis=1)
-    finished_logprob = lax.dynamic_update_index_in_dim(
-        state.finished_logprob, finish_logprob, slot, axis=1)  # [b, L-1, K]
-    finished_hops = lax.dynamic_update_index_in_dim(
-        state.finished_hops, state.live_hops, slot, axis=1)  # [b, L-1, K]
+    before = (state.finished_seqs, state.finished_logprob, state.finished_hops)
+    finished = put(before, slot, pad_to_width(finish_seqs, kg_lib.PAD),
+                   pad_to_width(finish_logprob, -jnp.inf), pad_to_width(state.live_hops, 0))
+    if wide:
+      # Inner entity steps (odd, <= L - 3) were finished W wide one step earlier: keep those.
+      finished_wide = (step % 2 == 0) & (step >= 2) & (step <= l - 2)
+      finished = lax.cond(finished_wide, lambda _: before, lambda _: finished, None)
+
+      def finish_wide(buffers):
+        paths = state.live_logprob[..., None] + logp[..., space.entity_offset:]  # [b, K, E]
+        logprob, flat = lax.top_k(paths.reshape(batch, k * e), w)  # [b, W]
+        token = flat % e + space.entity_offset  # [b, W]
+        seqs, rtg, hops = extend(state, flat // e, token, step)  # [b, W, L], [b, W, L], [b, W]
+        eos_logits = finish_logits(seqs.reshape(batch * w, l), rtg.reshape(batch * w, l), step + 1)
+        eos_logits = eos_logits.astype(jnp.float32).reshape(batch, w, v)  # [b, W, V]
+        eos_allowed = allowed_fn(seqs, step + 1)  # [b, W, V]
+        eos_logp = jax.nn.log_softmax(jnp.where(eos_allowed, eos_logits, _MASKED_LOGIT), axis=-1)
+        eos_logp = jnp.where(eos_allowed[..., kg_lib.EOS], eos_logp[..., kg_lib.EOS], -jnp.inf)
+        seqs = lax.dynamic_update_index_in_dim(
+            seqs, jnp.full((batch, w), kg_lib.EOS, jnp.int32), step + 1, axis=2)  # [b, W, L]
+        return put(buffers, step, seqs, logprob + eos_logp, hops)
+
+      inner_entity = (step % 2 == 1) & (step <= l - 3)
+      finished = lax.cond(inner_entity, finish_wide, lambda buffers: buffers, finished)
+    finished_seqs, finished_logprob, finished_hops = finished
 
     completion = {}
     if complete_last:  # at step L - 2 only: the last entity, after which <eos> is certain
@@ -305,17 +371,7 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     # Continue: top K of the beam x vocab candidates without <eos>.
     candidates = state.live_logprob[..., None] + logp.at[..., kg_lib.EOS].set(-jnp.inf)  # [b, K, V]
     live_logprob, flat_index = lax.top_k(candidates.reshape(batch, k * v), k)  # [b, K]
-    parent, token = flat_index // v, flat_index % v  # [b, K]
-    seqs = jnp.take_along_axis(state.live_seqs, parent[..., None], axis=1)  # [b, K, L]
-    before = lax.dynamic_index_in_dim(seqs, jnp.maximum(step - 1, 0), axis=2, keepdims=False)
-    before = jnp.where(step == 0, kg_lib.BOS, before)  # [b, K] the action before `token`
-    seqs = lax.dynamic_update_index_in_dim(seqs, token, step, axis=2)  # [b, K, L]
-    rtg = jnp.take_along_axis(state.live_rtg, parent[..., None], axis=1)  # [b, K, L]
-    current = lax.dynamic_index_in_dim(rtg, step, axis=2, keepdims=False)  # [b, K]
-    following = rtg_lib.next_rtg_target_unknown(current, token, before, c.r_good, c, xp=jnp)
-    rtg = jnp.where(positions > step, following[..., None], rtg)  # [b, K, L] padded steps repeat
-    hops = (jnp.take_along_axis(state.live_hops, parent, axis=1)
-            + space.is_relation(token).astype(jnp.int32))  # [b, K]
+    seqs, rtg, hops = extend(state, flat_index // v, flat_index % v, step)  # [b, K, L] / [b, K]
     return BeamState(step=step + 1, live_logprob=live_logprob, live_seqs=seqs, live_rtg=rtg,
                      live_hops=hops, finished_seqs=finished_seqs, finished_logprob=finished_logprob,
                      finished_hops=finished_hops, **completion)
@@ -330,18 +386,17 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
       live_seqs=jnp.full((batch, k, l), kg_lib.PAD, jnp.int32),
       live_rtg=jnp.full((batch, k, l), c.r_good, jnp.float32),
       live_hops=jnp.zeros((batch, k), jnp.int32),
-      finished_seqs=jnp.full((batch, l - 1, k, l), kg_lib.PAD, jnp.int32),
-      finished_logprob=jnp.full((batch, l - 1, k), -jnp.inf, jnp.float32),
-      finished_hops=jnp.zeros((batch, l - 1, k), jnp.int32))
+      finished_seqs=jnp.full((batch, l - 1, w, l), kg_lib.PAD, jnp.int32),
+      finished_logprob=jnp.full((batch, l - 1, w), -jnp.inf, jnp.float32),
+      finished_hops=jnp.zeros((batch, l - 1, w), jnp.int32))
   if complete_last:
-    e = space.num_entities
     init = init.replace(completion_logprob=jnp.full((batch, e), -jnp.inf, jnp.float32),
                         completion_score=jnp.full((batch, e), -jnp.inf, jnp.float32),
                         completion_parent=jnp.zeros((batch, e), jnp.int32),
                         completion_prefix=jnp.full((batch, k, l), kg_lib.PAD, jnp.int32))
   final = lax.while_loop(cond, body, init)
 
-  f = (l - 1) * k
+  f = (l - 1) * w
   logprob = final.finished_logprob.reshape(batch, f)  # [b, F]
   hops = final.finished_hops.reshape(batch, f)  # [b, F]
   score = logprob / jnp.maximum(hops, 1).astype(jnp.float32)  # [b, F]

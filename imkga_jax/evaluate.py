@@ -164,7 +164,7 @@ def direction_queries(kg: kg_lib.KnowledgeGraph, split: str, max_queries: int = 
 def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.TokensToLogits],
                    space: decode.TokenSpace, *, beam_size: int, max_len: int,
                    rtg_constants: rtg_lib.RtgConstants, score_rule: str = 'max',
-                   complete_last: bool = False,
+                   complete_last: bool = False, finish_width: int = 0,
                    batch_sharding: NamedSharding | None = None) -> DecodeFn:
   """One jitted function: beam search + entity scores for a batch of queries.
 
@@ -177,6 +177,8 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     score_rule: how finished beams become entity scores, 'max' or 'sum' (`entity_scores`).
     complete_last: also score every entity the last step can reach from the live prefixes
       (`decode.beam_search`, `with_completions`), not only the beam's best.
+    finish_width: W > beam_size finishes the best W paths at each inner entity step
+      (`decode.beam_search`): one more model call on `batch * W` rows at each.
     batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
       data parallel over the mesh, params and constraint replicated. None: plain `jax.jit`.
 
@@ -187,10 +189,15 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
   check_score_rule(score_rule)  # now, not at the first call's trace
 
   def fn(params, inputs, constraint):
-    context = decode.tile_beams({k: v for k, v in inputs.items() if k != 'head_entity'}, beam_size)
+    per_query = {k: v for k, v in inputs.items() if k != 'head_entity'}
+    context = decode.tile_beams(per_query, beam_size)
+    finish_logits = None
+    if finish_width > beam_size:
+      finish_logits = logits_factory(params, decode.tile_beams(per_query, finish_width))
     result = decode.beam_search(logits_factory(params, context), inputs['head_entity'], space=space,
                                 beam_size=beam_size, max_len=max_len, rtg_constants=rtg_constants,
-                                constraint=constraint, complete_last=complete_last)
+                                constraint=constraint, complete_last=complete_last,
+                                finish_width=finish_width, finish_logits=finish_logits)
     if complete_last:
       return with_completions(result, space.num_entities, rule=score_rule), result
     return entity_scores(result.answer, result.score, space.num_entities, logprob=result.logprob,
@@ -419,7 +426,7 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       beam_size=config.decode.beam_size, max_len=2 * config.trajectories.max_hops + 1,
       rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
       score_rule=config.decode.score, complete_last=config.decode.complete_last,
-      batch_sharding=batch_sharding)
+      finish_width=config.decode.finish_width, batch_sharding=batch_sharding)
   constraint = decode.GraphConstraint.from_kg(kg) if config.decode.constrained else None
   return decode_fn, constraint
 

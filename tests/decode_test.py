@@ -192,6 +192,37 @@ def test_last_step_completion_scores_every_entity_after_the_live_prefixes(beam):
   np.testing.assert_array_equal(plain.score, result.score)  # and the beams are unchanged
 
 
+def test_wide_finishing_finishes_every_entity_after_the_kept_relations():
+  # R=2 (4 relation tokens), E=4, L=5, beam 2. Step 0 strongly prefers relations, so both live
+  # beams at step 1 are relations; with W = 8 = beam * E every `r e <eos>` through them is finished
+  # (plain beam search finishes two), each with its brute-force score; the rest is unchanged.
+  space = decode.TokenSpace(num_relations=2, num_entities=4)
+  max_len, beam = 5, 2
+  table, w = random_problem(5, space, max_len)
+  table[0, BOS, BOS, space.relation_offset:space.entity_offset] += 20.0
+  expected = brute_force(table, w, 0, space, max_len)
+  stub = table_stub(table, w)
+  fn = jax.jit(lambda h: decode.beam_search(
+      stub, h, space=space, beam_size=beam, max_len=max_len, rtg_constants=constants(space),
+      finish_width=8, finish_logits=stub))
+  wide = jax.device_get(fn(jnp.zeros([1], jnp.int32)))
+  plain = run_beam(table, w, [0], space, beam, max_len)
+  got, base = finished(wide, 0), finished(plain, 0)
+  for seq, score in got.items():
+    np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
+  one_hop = {seq for seq in got if len(seq) == 3}
+  kept = {seq[0] for seq in one_hop}
+  assert len(kept) == beam and all(space.relation_offset <= r < space.entity_offset for r in kept)
+  assert one_hop == {(r, space.entity_offset + e, EOS) for r in kept for e in range(4)}
+  assert len([seq for seq in base if len(seq) == 3]) == beam
+  assert set(base) <= set(got)
+  assert {s for s in got if len(s) != 3} == {s for s in base if len(s) != 3}  # other steps as before
+  assert wide.seqs.shape[1] == (max_len - 1) * 8
+  with pytest.raises(ValueError, match='finish_logits'):
+    decode.beam_search(stub, jnp.zeros([1], jnp.int32), space=space, beam_size=beam,
+                       max_len=max_len, rtg_constants=constants(space), finish_width=8)
+
+
 def random_graph(seed, num_entities, num_relations, num_edges):
   rng = np.random.default_rng(seed)
   triples = np.stack([rng.integers(0, num_entities, num_edges),
