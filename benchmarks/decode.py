@@ -15,6 +15,8 @@ process's peak RSS.
   python benchmarks/decode.py --datasets=synthetic,wn18rr --beams=64,256
   python benchmarks/decode.py --datasets=wn18rr --beams=64 --constrained
   python benchmarks/decode.py --datasets=synthetic --beams=64 --adapter=full   # slice after apply
+  python benchmarks/decode.py --datasets=synthetic --beams=64 --constrained --finish_width=0 \
+      --complete_last=false   # the plain beam search, without the two config defaults' extras
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def load_kg(name: str):
 
 
 def run_one(dataset: str, beam: int, batch: int, repeats: int, constrained: bool, adapter: str,
-            config_name: str) -> dict:
+            config_name: str, finish_width: int | None = None, complete_last: bool | None = None
+            ) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
@@ -58,6 +61,10 @@ def run_one(dataset: str, beam: int, batch: int, repeats: int, constrained: bool
   config = importlib.import_module(f'configs.{config_name}').get_config()
   config.decode.beam_size, config.decode.batch_size = beam, batch
   config.decode.constrained = constrained
+  if finish_width is not None:
+    config.decode.finish_width = finish_width
+  if complete_last is not None:
+    config.decode.complete_last = complete_last
   model = imkga.build_model(config, kg.num_tokens)
   params = nn.meta.unbox(
       jax.jit(model.init)(jax.random.key(0), imkga.dummy_inputs(model.config))['params'])
@@ -94,6 +101,8 @@ def run_one(dataset: str, beam: int, batch: int, repeats: int, constrained: bool
       'config': config_name, 'dataset': dataset, 'entities': kg.num_entities,
       'vocab': kg.num_tokens, 'beam': beam,
       'batch': batch, 'mode': 'constrained' if constrained else 'unconstrained', 'adapter': adapter,
+      'complete_last': bool(config.decode.complete_last),
+      'finish_width': int(config.decode.finish_width),
       'max_degree': constraint.max_degree if constraint is not None else None,
       'compile_s': round(compile_s, 1), 'call_s': [round(t, 2) for t in times],
       'queries_per_s': round(batch / median, 3),
@@ -116,14 +125,19 @@ def main() -> None:
   parser.add_argument('--adapter', default='step', choices=('step', 'full'))
   parser.add_argument('--config', default='synthetic',
                       help='configs/<name>.py that gives the model size')
+  parser.add_argument('--finish_width', type=int, default=None,
+                      help='decode.finish_width (default: the config\'s)')
+  parser.add_argument('--complete_last', default=None, choices=('true', 'false'),
+                      help='decode.complete_last (default: the config\'s)')
   parser.add_argument('--single', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
   batches = dict(tuple(int(v) for v in pair.split(':')) for pair in args.batch.split(','))
   if args.single:
     dataset, beam = args.single.split(':')
     beam = int(beam)
+    complete_last = None if args.complete_last is None else args.complete_last == 'true'
     print(json.dumps(run_one(dataset, beam, batches.get(beam, 4), args.repeats, args.constrained,
-                             args.adapter, args.config)))
+                             args.adapter, args.config, args.finish_width, complete_last)))
     return
   for dataset in args.datasets.split(','):
     for beam in (int(b) for b in args.beams.split(',')):
@@ -131,6 +145,10 @@ def main() -> None:
              f'--repeats={args.repeats}', f'--adapter={args.adapter}', f'--config={args.config}']
       if args.constrained:
         cmd.append('--constrained')
+      if args.finish_width is not None:
+        cmd.append(f'--finish_width={args.finish_width}')
+      if args.complete_last is not None:
+        cmd.append(f'--complete_last={args.complete_last}')
       out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
       print(out.stdout.strip().splitlines()[-1], flush=True)
 

@@ -88,6 +88,45 @@ def test_with_completions_counts_each_path_once(rule):
     evaluate.with_completions(result, 4, rule=rule)
 
 
+def test_wide_finishing_through_make_decode_fn_keeps_queries_apart():
+  """finish_width > beam: the extra model call sees each query's own context (a per-query stub), so a
+  batch decodes as its queries one by one; wider finishing only adds finished paths ('max')."""
+  kg = tiny_kg()
+  space = decode.TokenSpace.from_kg(kg)
+  rng = np.random.default_rng(4)
+  table = jnp.asarray(rng.normal(size=(kg.num_entities, 2 * kg.num_relations, space.num_tokens)),
+                      jnp.float32)
+
+  def factory(params, x):
+    h = x['head_token'] - space.entity_offset  # [N]
+    r = x['relation_token'] - space.relation_offset  # [N]
+    return lambda actions, rtg, step: params[h, r] + 0.5 * jnp.sin(step + actions[:, :1])  # [N, V]
+
+  constants = rtg_lib.constants_from_config(default.get_config(), kg.num_relations)
+  features = {'fig': np.zeros((kg.num_entities, 8), np.float32),
+              'ocr': np.zeros((kg.num_entities, 3), np.float32),
+              'fig_present': np.zeros(kg.num_entities, bool),
+              'ocr_present': np.zeros(kg.num_entities, bool)}
+  queries = np.concatenate([kg.test[:4, :2], np.zeros((4, 1), np.int32)], axis=1)
+  inputs = evaluate.query_inputs(kg, queries, features)
+
+  def run(width, rows):
+    fn = evaluate.make_decode_fn(factory, space, beam_size=2, max_len=5, rtg_constants=constants,
+                                 finish_width=width)
+    return fn(table, {k: v[rows] for k, v in inputs.items()}, None)
+
+  wide, result = run(12, slice(0, 4))
+  assert result.seqs.shape[1] == 4 * 12
+  for i in range(4):
+    alone, _ = run(12, slice(i, i + 1))
+    np.testing.assert_allclose(np.asarray(wide[i]), np.asarray(alone[0]), rtol=1e-5)
+  plain, _ = run(0, slice(0, 4))
+  plain, wide = np.asarray(plain), np.asarray(wide)
+  reached = np.isfinite(plain)
+  assert np.all(np.isfinite(wide[reached])) and np.all(wide[reached] >= plain[reached] - 1e-5)
+  assert np.isfinite(wide).sum() > reached.sum()
+
+
 def test_answers_with_paths_follow_entity_scores():
   kg = kg_lib.KnowledgeGraph(entities=['a', 'b', 'c'], relations=['r'],
                              train=np.asarray([[0, 0, 1], [1, 0, 2]], np.int32),
