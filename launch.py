@@ -26,7 +26,8 @@ def main(argv):
     prepare.prepare(config, workdir)
   if mode in ('train', 'all'):
     from imkga_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir)
+    from configs import default  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir, defaults=default.get_config())
   if mode in ('eval', 'all'):
     from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.run_evaluation(config, workdir, summary=(mode == 'all'))

@@ -271,18 +271,40 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
           for k in CHECKPOINT_KEYS}
 
 
-def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume checkpoints made with a different model/optimiser configuration."""
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (leaves: anything but a dict)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f'{prefix}.{key}' if prefix else key))
+  return out
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
+                        defaults: ml_collections.ConfigDict | None = None) -> None:
+  """Refuses to resume checkpoints made with a different model/optimiser configuration.
+
+  With `defaults` (the full default config), a key the saved `train_config.json` lacks — one added to
+  the code after the run was made — counts as unchanged when its current value is its default (the
+  behaviour the run was made with); the saved file then gains the key.
+  """
   path = os.path.join(workdir, 'train_config.json')
   current = _fingerprint(config)
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    if saved != current:
-      changed = sorted(k for k in current if saved.get(k) != current[k])
+    if saved == current:
+      return
+    old, new = _flatten(saved), _flatten(current)
+    known = _flatten(_fingerprint(defaults)) if defaults is not None else {}
+    added = {k for k in new if k not in old and k in known and new[k] == known[k]}
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in added)
+    if changed:
       raise ValueError(f'{path}: the checkpoints in {workdir} were made with different config '
-                       f'sections {changed}; use a new --workdir or restore the old values')
-  elif jax.process_index() == 0:
+                       f'values {changed}; use a new --workdir or restore the old values')
+    logging.info('%s: keys added since the run was made, at their defaults: %s', path, sorted(added))
+  if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path + '.tmp', 'w') as f:
       json.dump(current, f, indent=2, sort_keys=True)
@@ -315,8 +337,8 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, num_tokens: 
 # ============================================================================ loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
-                       on_metrics: Callable[[int, dict[str, float]], None] | None = None
-                       ) -> dict[str, float]:
+                       on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+                       defaults: ml_collections.ConfigDict | None = None) -> dict[str, float]:
   """Trains to `config.train.num_steps`, resuming from the latest checkpoint.
 
   Args:
@@ -324,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: holds `prepared/` (from --mode=prepare); checkpoints and events are written here.
     devices: devices of the mesh (default: all).
     on_metrics: called as `on_metrics(step, metrics)` at every logging step.
+    defaults: the default config (configs/default.py); lets a run resume whose saved config predates
+      a key now at its default (`check_resume_config`).
 
   Returns:
     The metrics of the last logging step (empty when there was nothing left to train).
@@ -331,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sharding.maybe_initialize_distributed(config.mesh)
   prepared = os.path.join(workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared)
-  check_resume_config(config, workdir)
+  check_resume_config(config, workdir, defaults)
   model = imkga.build_model(config, kg.num_tokens)
   tx = make_optimizer(config, model.branches)
   mesh = sharding.make_mesh(config.mesh, devices)

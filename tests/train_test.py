@@ -126,8 +126,34 @@ def test_resume_refuses_a_different_model(prepared_workdir, tmp_path):
   config.train.num_steps = 3
   train.train_and_evaluate(config, workdir)
   config.model.emb_dim = 64
-  with pytest.raises(ValueError, match=r"different config sections \['model'\]"):
+  with pytest.raises(ValueError, match=r"different config values \['model.emb_dim'\]"):
     train.train_and_evaluate(config, workdir)
+
+
+def test_resume_accepts_keys_added_later_at_their_default(tmp_path):
+  """A saved train_config.json that predates a key: unchanged if the key is at its default."""
+  from configs import default
+  workdir = str(tmp_path)
+  config = default.get_config()
+  train.check_resume_config(config, workdir)  # writes train_config.json
+  path = os.path.join(workdir, 'train_config.json')
+  with open(path) as f:
+    saved = json.load(f)
+  del saved['trajectories']['image_direct_min_confidence']  # as written before the key existed
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match='trajectories.image_direct_min_confidence'):
+    train.check_resume_config(config, workdir)  # no defaults given: a difference
+  config.trajectories.image_direct_min_confidence = 0.5
+  with pytest.raises(ValueError, match='trajectories.image_direct_min_confidence'):
+    train.check_resume_config(config, workdir, default.get_config())  # not the default
+  config.trajectories.image_direct_min_confidence = 0.0
+  train.check_resume_config(config, workdir, default.get_config())
+  with open(path) as f:
+    assert json.load(f)['trajectories']['image_direct_min_confidence'] == 0.0  # key recorded
+  config.model.emb_dim += 1
+  with pytest.raises(ValueError, match=r"\['model.emb_dim'\]"):
+    train.check_resume_config(config, workdir, default.get_config())
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(prepared_workdir, tmp_path):
