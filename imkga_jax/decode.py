@@ -10,9 +10,10 @@ on `actions[:, :step]` and `rtg[:, :step + 1]`). `make_tokens_to_logits` adapts 
 One `lax.while_loop` runs at most `L = 2 * max_hops + 1` steps. At step `s` every live beam is
 scored over the whole vocabulary (log-softmax in float32 over the allowed tokens):
   * finishing: each live beam whose last token is an entity is offered `<eos>`; the result is a
-    finished beam, stored apart (`[batch, (L - 1) * beam]` slots), so finishing never competes with
-    live beams for slots (SQUIRE widens its last step to 2·beam for that reason; here every live
-    beam ending in an entity is kept as a candidate at every step, which is a superset);
+    finished beam, stored apart (`[batch, (L - 1) * W]` slots, W = max(beam, finish_width)), so
+    finishing never competes with live beams for slots (SQUIRE widens its last step to 2·beam for
+    that reason; here every live beam ending in an entity is kept as a candidate at every step, which
+    is a superset);
   * continuing: `lax.top_k` over `[batch, beam * V]` non-`<eos>` candidates keeps `beam` live beams.
 Memory per step is O(batch · beam · V) (the logits and one candidate array); nothing of size V² exists.
 
@@ -330,13 +331,13 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     finish_seqs = lax.dynamic_update_index_in_dim(
         state.live_seqs, jnp.full((batch, k), kg_lib.EOS, jnp.int32), step, axis=2)  # [b, K, L]
     slot = jnp.maximum(step - 1, 0)  # step 0 never finishes; step 1 overwrites slot 0
-    before = (state.finished_seqs, state.finished_logprob, state.finished_hops)
-    finished = put(before, slot, pad_to_width(finish_seqs, kg_lib.PAD),
+    previous = (state.finished_seqs, state.finished_logprob, state.finished_hops)
+    finished = put(previous, slot, pad_to_width(finish_seqs, kg_lib.PAD),
                    pad_to_width(finish_logprob, -jnp.inf), pad_to_width(state.live_hops, 0))
     if wide:
       # Inner entity steps (odd, <= L - 3) were finished W wide one step earlier: keep those.
       finished_wide = (step % 2 == 0) & (step >= 2) & (step <= l - 2)
-      finished = lax.cond(finished_wide, lambda _: before, lambda _: finished, None)
+      finished = lax.cond(finished_wide, lambda _: previous, lambda _: finished, None)
 
       def finish_wide(buffers):
         paths = state.live_logprob[..., None] + logp[..., space.entity_offset:]  # [b, K, E]
