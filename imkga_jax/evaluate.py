@@ -1,9 +1,10 @@
 """Filtered ranking, MRR / Hits@k and path explanations on top of the jitted beam search (DESIGN §7).
 
 Entity score = max over the finished beams ending in the entity of `logprob / hops` (a scatter-max into
-`[batch, E]`, -inf for unreached entities); `decode.score='sum'` sums their probabilities instead, and
-`decode.complete_last` adds every full-length path through the last live prefixes (`with_completions`). For a query (h, r, t) every OTHER known answer of (h, r)
-(train + valid + test, both directions: `kg.filter_csr`) is removed before ranking, and
+`[batch, E]`, -inf for unreached entities); `decode.score='sum'` sums their probabilities instead,
+and `decode.complete_last` adds every full-length path through the last live prefixes
+(`with_completions`). For a query (h, r, t) every OTHER known answer of (h, r) (train + valid + test,
+both directions: `kg.filter_csr`) is removed before ranking, and
 
   rank = 1 + #{score > s_t} + (#{score == s_t} - 1) / 2        (realistic / mean tie handling)
 
@@ -144,6 +145,30 @@ def ranking_metrics(ranks: np.ndarray, reached: np.ndarray) -> dict[str, float]:
   out = {'mrr': float(np.mean(1.0 / ranks))}
   out.update({f'hits@{k}': float(np.mean(ranks <= k)) for k in (1, 3, 10)})
   out.update(reached=float(np.mean(reached)), queries=int(len(ranks)))
+  return out
+
+
+def metrics_by_relation(kg: kg_lib.KnowledgeGraph,
+                        directions: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+                        ) -> dict[str, dict[str, dict[str, float]]]:
+  """`{relation name: {'tail'|'head'|'both': ranking_metrics}}`, queries grouped by base relation.
+
+  Args:
+    kg: names the relations.
+    directions: `{'tail'|'head': (query relations [n] in [0, 2R), ranks [n], reached [n])}`; a head
+      query asks `(t, r + R, ?)` and counts for `r`.
+  """
+  parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+  for direction, (relations, ranks, reached) in directions.items():
+    base = np.asarray(relations) % kg.num_relations
+    for rid in np.unique(base):
+      rows = base == rid
+      parts.setdefault(kg.relations[rid], {})[direction] = (ranks[rows], reached[rows])
+  out = {}
+  for name, by_direction in sorted(parts.items()):
+    out[name] = {d: ranking_metrics(*v) for d, v in by_direction.items()}
+    out[name]['both'] = ranking_metrics(np.concatenate([v[0] for v in by_direction.values()]),
+                                        np.concatenate([v[1] for v in by_direction.values()]))
   return out
 
 
@@ -298,7 +323,7 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
     explanations)`; `by_relation` groups queries by the triple's (base) relation name.
   """
   metrics, explanations, all_ranks, all_reached = {}, [], [], []
-  per_relation = {}
+  per_direction = {}
   for direction, queries in direction_queries(kg, split, config.decode.max_queries).items():
     indptr, known = kg.filter_csr(queries[:, :2])
     ranks, reached = np.zeros(len(queries)), np.zeros(len(queries), bool)
@@ -322,19 +347,11 @@ def evaluate_split(decode_fn: DecodeFn, params: Any, kg: kg_lib.KnowledgeGraph, 
                                             config.decode.num_explanations, scores[i],
                                             _completion_of(result, i))})
     metrics[direction] = ranking_metrics(ranks, reached)
-    base = queries[:, 1] % kg.num_relations
-    for rid in np.unique(base):
-      rows_r = base == rid
-      per_relation.setdefault(kg.relations[rid], {})[direction] = (ranks[rows_r], reached[rows_r])
+    per_direction[direction] = (queries[:, 1], ranks, reached)
     all_ranks.append(ranks)
     all_reached.append(reached)
   metrics['both'] = ranking_metrics(np.concatenate(all_ranks), np.concatenate(all_reached))
-  metrics['by_relation'] = {}
-  for name, parts in sorted(per_relation.items()):
-    out = {d: ranking_metrics(*parts[d]) for d in parts}
-    out['both'] = ranking_metrics(np.concatenate([parts[d][0] for d in parts]),
-                                  np.concatenate([parts[d][1] for d in parts]))
-    metrics['by_relation'][name] = out
+  metrics['by_relation'] = metrics_by_relation(kg, per_direction)
   return metrics, explanations
 
 

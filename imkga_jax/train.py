@@ -272,7 +272,9 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (leaves: anything but a dict)."""
+  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (leaves: anything but a dict or ConfigDict)."""
+  if isinstance(tree, ml_collections.ConfigDict):
+    tree = tree.to_dict()
   if not isinstance(tree, dict):
     return {prefix: tree}
   out = {}
@@ -388,7 +390,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+    writer.write_hparams({k: v for k, v in _flatten(config).items()
+                          if isinstance(v, (int, float, str, bool))})
   schedule = learning_rate_schedule(config)
   batches = input_pipeline.create_train_iterator(prepared, config, skip_batches=start_step)
   rng = jax.random.key(config.seed)
@@ -425,13 +428,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   manager.wait_until_finished()
   writer.flush()
   return last
-
-
-def _flat_config(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(_flat_config(value, f'{prefix}{key}.'))
-    elif isinstance(value, (int, float, str, bool)):
-      out[prefix + key] = value
-  return out

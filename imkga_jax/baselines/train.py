@@ -20,8 +20,9 @@ Standard recipe (Lacroix et al. 2018; Dettmers et al. 2018; Ruffinelli et al. 20
 Ranks are computed by the project's shared filtered ranking (`imkga_jax.evaluate`), so the baselines and
 IMKGA-SM are measured by the same code. Outputs in WORKDIR: `metrics.json`
 (`{"valid"|"test": {"tail"|"head"|"both": {mrr, hits@1, hits@3, hits@10, reached}}}`),
-`metrics_by_relation.json` (`{"test": {relation: {"tail"|"head"|"both": metrics}}}`, IMKGA-SM's layout) and
-`baseline_history.json` (loss and validation MRR per evaluation).
+`metrics_by_relation.json` (`{"test": {relation: {"tail"|"head"|"both": metrics}}}`, IMKGA-SM's
+layout, `evaluate.metrics_by_relation`) and `baseline_history.json` (loss and validation MRR per
+evaluation).
 
 Run: `python -m imkga_jax.baselines.train --config=configs/baselines.py:complex,umls
       --config.data.root=../shared/datasets/umls --workdir=/tmp/complex_umls`
@@ -206,29 +207,6 @@ def summarize(ranked: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, f
   return metrics
 
 
-def metrics_by_relation(ranked: dict[str, dict[str, np.ndarray]], graph: kg_lib.KnowledgeGraph
-                        ) -> dict[str, dict[str, dict[str, float]]]:
-  """`{relation name: {'tail'|'head'|'both': metrics}}` of `rank_split`'s output per base relation.
-
-  The layout of one split of IMKGA-SM's `metrics_by_relation.json` (`evaluate.evaluate_split`).
-  """
-  num_relations = graph.num_relations
-  parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-  for direction, x in ranked.items():
-    base = x['relations'] % num_relations  # head queries ask (t, r + R, ?)
-    for rid in np.unique(base):
-      mask = base == rid
-      parts.setdefault(graph.relation_name(int(rid)), {})[direction] = (x['ranks'][mask],
-                                                                       x['reached'][mask])
-  out = {}
-  for name, by_direction in sorted(parts.items()):
-    out[name] = {d: evaluate.ranking_metrics(*v) for d, v in by_direction.items()}
-    out[name]['both'] = evaluate.ranking_metrics(
-        np.concatenate([v[0] for v in by_direction.values()]),
-        np.concatenate([v[1] for v in by_direction.values()]))
-  return out
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.baseline.model` on the KG of `workdir` and writes its metrics.
 
@@ -324,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for split in ('valid', 'test'):
     ranked = rank_split(score, best, graph, split, b.eval_batch_size, b.max_queries)
     metrics[split] = summarize(ranked)
-  by_relation = metrics_by_relation(ranked, graph)  # `ranked` is the test split here.
+  by_relation = evaluate.metrics_by_relation(  # `ranked` is the test split here.
+      graph, {d: (x['relations'], x['ranks'], x['reached']) for d, x in ranked.items()})
   evaluate.write_metrics(workdir, metrics)
   kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
   kg_lib.write_json(os.path.join(workdir, HISTORY_FILE), history)
