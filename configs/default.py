@@ -116,7 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Random-walk trajectories that miss t (written with R1 = r_bad), per positive trajectory.
   config.trajectories.negative_share = 0.1
   # Queries that also get the direct trajectory `t <eos>` although a rule grounds them: 'none' (the
-  # paper's reading: only ungrounded ones), 'image_heads' (heads with an image) or 'all'.
+  # paper's reading: only ungrounded ones), 'image_heads' (heads with an image), 'weak_image_heads'
+  # (those of them no rule of confidence >= image_direct_min_confidence grounds) or 'all'.
   config.trajectories.also_direct = 'none'
   # Copies of each direct trajectory whose head has an image and that no rule grounds (1 = none
   # extra): the facts no path gives, only the image. They are a small share of the data (the brand
@@ -248,6 +249,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Test MRR with complete_last, 0 -> 256: synthetic mkg_rl 0.661 -> 0.689, umls rl 0.779 -> 0.806,
   # kinship rl 0.648 -> 0.652, for about twice the decoding time.
   config.decode.finish_width = 256
+  # Which queries may answer in the direct form `t <eos>` (imkga_jax/evaluate.py `direct_heads_mask`):
+  # 'all' or 'image_heads' (those whose head has an image).
+  config.decode.direct_answers = 'all'
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

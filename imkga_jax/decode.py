@@ -181,7 +181,8 @@ class DecodeResult:
   completion_prefix: jax.Array | None = None   # [batch, K, L] int32, tokens before step L - 2
 
 
-def _allowed_unconstrained(seqs: jax.Array, step: jax.Array, space: TokenSpace) -> jax.Array:
+def _allowed_unconstrained(seqs: jax.Array, step: jax.Array, space: TokenSpace,
+                           direct_ok: jax.Array) -> jax.Array:
   """`[batch, K, V]` bool (a broadcast expression XLA fuses): the path grammar, no graph.
 
   First action: a relation or an entity (the direct form); after a relation: an entity; after a path
@@ -196,13 +197,14 @@ def _allowed_unconstrained(seqs: jax.Array, step: jax.Array, space: TokenSpace) 
   prev_is_relation = (~start & space.is_relation(prev))[..., None]  # [b, K, 1]
   relation_ok = step < max_len - 2
   entity_ok = step < max_len - 1
+  direct = (start & direct_ok)[:, None, None]  # [b, 1, 1]
   return ((space.is_relation(tok) & relation_ok & (start | (prev_is_entity & (step >= 2))))
-          | (space.is_entity(tok) & entity_ok & (start | prev_is_relation))
+          | (space.is_entity(tok) & entity_ok & (direct | prev_is_relation))
           | ((tok == kg_lib.EOS) & prev_is_entity))
 
 
 def _allowed_in_graph(seqs: jax.Array, step: jax.Array, head_entity: jax.Array,
-                      space: TokenSpace, graph: GraphConstraint) -> jax.Array:
+                      space: TokenSpace, graph: GraphConstraint, direct_ok: jax.Array) -> jax.Array:
   """`[batch, K, V]` bool: only valid moves in the graph (see the module docstring)."""
   batch, beam, max_len = seqs.shape
   v = space.num_tokens
@@ -232,7 +234,8 @@ def _allowed_in_graph(seqs: jax.Array, step: jax.Array, head_entity: jax.Array,
   rows = jnp.arange(batch * beam, dtype=jnp.int32)[:, None]  # [N, 1]
   moves = jnp.zeros((batch * beam, v), jnp.bool_).at[rows, column.reshape(batch * beam, -1)].set(
       True, mode='drop').reshape(batch, beam, v)  # [b, K, V]
-  return (moves | (space.is_entity(tok) & (step == 0))
+  direct = ((step == 0) & direct_ok)[:, None, None]  # [b, 1, 1]
+  return (moves | (space.is_entity(tok) & direct)
           | ((tok == kg_lib.EOS) & prev_is_entity[..., None]))
 
 
@@ -240,7 +243,8 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
                 beam_size: int, max_len: int, rtg_constants: rtg_lib.RtgConstants,
                 constraint: GraphConstraint | None = None,
                 complete_last: bool = False, finish_width: int = 0,
-                finish_logits: TokensToLogits | None = None) -> DecodeResult:
+                finish_logits: TokensToLogits | None = None,
+                direct_ok: jax.Array | None = None) -> DecodeResult:
   """Beam search over paths; pure, call it inside `jax.jit`.
 
   Args:
@@ -257,6 +261,7 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
       (module docstring): one more model call on `batch * W` rows at each of them. 0 or <= K: off.
     finish_logits: the model callback for `batch * W` rows (the query context tiled W times);
       needed when `finish_width > K`.
+    direct_ok: `[batch]` bool, which queries may answer in the direct form `t <eos>` (None: all).
 
   Returns:
     `DecodeResult` with F = (L - 1) * max(K, W) finished beams per query, best score first.
@@ -312,10 +317,12 @@ def beam_search(tokens_to_logits: TokensToLogits, head_entity: jax.Array, *, spa
     return tuple(lax.dynamic_update_index_in_dim(buf, x, slot, axis=1)
                  for buf, x in zip(finished, (seqs, logprob, hops)))
 
+  direct_ok = jnp.ones((batch,), jnp.bool_) if direct_ok is None else direct_ok.astype(jnp.bool_)
+
   def allowed_fn(seqs, step):
     if constraint is None:
-      return _allowed_unconstrained(seqs, step, space)
-    return _allowed_in_graph(seqs, step, head_entity, space, constraint)
+      return _allowed_unconstrained(seqs, step, space, direct_ok)
+    return _allowed_in_graph(seqs, step, head_entity, space, constraint, direct_ok)
 
   def body(state: BeamState) -> BeamState:
     step = state.step

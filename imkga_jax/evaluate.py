@@ -190,6 +190,7 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
                    space: decode.TokenSpace, *, beam_size: int, max_len: int,
                    rtg_constants: rtg_lib.RtgConstants, score_rule: str = 'max',
                    complete_last: bool = False, finish_width: int = 0,
+                   direct_heads: np.ndarray | None = None,
                    batch_sharding: NamedSharding | None = None) -> DecodeFn:
   """One jitted function: beam search + entity scores for a batch of queries.
 
@@ -204,6 +205,8 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
       (`decode.beam_search`, `with_completions`), not only the beam's best.
     finish_width: W > beam_size finishes the best W paths at each inner entity step
       (`decode.beam_search`): one more model call on `batch * W` rows at each.
+    direct_heads: `[E]` bool, the query heads that may answer in the direct form `t <eos>`
+      (`direct_heads_mask`); None: every head.
     batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
       data parallel over the mesh, params and constraint replicated. None: plain `jax.jit`.
 
@@ -212,6 +215,7 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     model context (`head_token`, `relation_token`, `fig`, `ocr`, `fig_present`, `ocr_present`).
   """
   check_score_rule(score_rule)  # now, not at the first call's trace
+  direct_table = None if direct_heads is None else jnp.asarray(direct_heads, jnp.bool_)  # [E]
 
   def fn(params, inputs, constraint):
     per_query = {k: v for k, v in inputs.items() if k != 'head_entity'}
@@ -222,7 +226,9 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     result = decode.beam_search(logits_factory(params, context), inputs['head_entity'], space=space,
                                 beam_size=beam_size, max_len=max_len, rtg_constants=rtg_constants,
                                 constraint=constraint, complete_last=complete_last,
-                                finish_width=finish_width, finish_logits=finish_logits)
+                                finish_width=finish_width, finish_logits=finish_logits,
+                                direct_ok=(None if direct_table is None
+                                           else direct_table[inputs['head_entity']]))
     if complete_last:
       return with_completions(result, space.num_entities, rule=score_rule), result
     return entity_scores(result.answer, result.score, space.num_entities, logprob=result.logprob,
@@ -423,6 +429,22 @@ def format_predictions(query: str, answers: list[Mapping[str, Any]]) -> str:
 
 
 # ============================================================================ launch.py entry points
+DIRECT_ANSWERS = ('all', 'image_heads')
+
+
+def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None:
+  """`[E] bool` query heads allowed the direct answer `t <eos>` (`config.decode.direct_answers`).
+
+  'all': every head (None); 'image_heads': heads with an image only — the direct form's reading for
+  data made with `trajectories.also_direct='image_heads'`, where it is the model's way to answer
+  from the picture. Elsewhere it was trained only for the few queries no rule grounds, and at test
+  time the direct form mostly offers the label-smoothing leftovers of step 0 as answers.
+  """
+  if mode not in DIRECT_ANSWERS:
+    raise ValueError(f'decode.direct_answers={mode!r}: expected one of {DIRECT_ANSWERS}')
+  return None if mode == 'all' else kg.has_image()
+
+
 def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
                   batch_sharding: NamedSharding | None = None) -> tuple[DecodeFn, Any]:
   """`(decode_fn, constraint)` for an IMKGA model and the config's decode section."""
@@ -443,7 +465,9 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       beam_size=config.decode.beam_size, max_len=2 * config.trajectories.max_hops + 1,
       rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
       score_rule=config.decode.score, complete_last=config.decode.complete_last,
-      finish_width=config.decode.finish_width, batch_sharding=batch_sharding)
+      finish_width=config.decode.finish_width,
+      direct_heads=direct_heads_mask(kg, config.decode.direct_answers),
+      batch_sharding=batch_sharding)
   constraint = decode.GraphConstraint.from_kg(kg) if config.decode.constrained else None
   return decode_fn, constraint
 

@@ -195,6 +195,12 @@ class KnowledgeGraph:
     tails = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
     return indptr, tails
 
+  def has_image(self) -> np.ndarray:
+    """`[E] bool`: whether each entity has at least one image."""
+    mask = np.zeros(self.num_entities, bool)
+    mask[np.asarray([self.entity_id(name) for name in self.images], np.int64)] = True
+    return mask
+
   def stats(self) -> dict[str, int]:
     return {'entities': self.num_entities, 'relations': self.num_relations,
             'train': int(len(self.train)), 'valid': int(len(self.valid)), 'test': int(len(self.test)),

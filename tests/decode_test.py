@@ -27,10 +27,14 @@ def table_stub(table, rtg_weight):
   return tokens_to_logits
 
 
-def allowed_reference(prefix, head, space, max_len, edges):
-  """Allowed next tokens, written from the module docstring (edges None = unconstrained)."""
+def allowed_reference(prefix, head, space, max_len, edges, direct=True):
+  """Allowed next tokens, written from the module docstring (edges None = unconstrained; direct:
+  whether the query may answer `t <eos>`)."""
   s = len(prefix)
   entities = list(range(space.entity_offset, space.num_tokens))
+  if s == 0 and not direct:  # the direct form `t <eos>` is off: no entity first
+    return [t for t in allowed_reference(prefix, head, space, max_len, edges)
+            if t < space.entity_offset]
   relations = list(range(space.relation_offset, space.entity_offset))
   prev = prefix[-1] if prefix else None
   prev_is_entity = prev is not None and prev >= space.entity_offset
@@ -56,14 +60,14 @@ def allowed_reference(prefix, head, space, max_len, edges):
   return sorted({space.entity_offset + t for rr, t in edges.get(current, ()) if rr == r})
 
 
-def brute_force(table, rtg_weight, head, space, max_len, edges=None):
+def brute_force(table, rtg_weight, head, space, max_len, edges=None, direct=True):
   """Every finished sequence with its log-prob, hops and score, by exhaustive enumeration."""
   c = constants(space)
   out = {}
 
   def rec(prefix, logprob, rtgs):
     s = len(prefix)
-    allowed = allowed_reference(prefix, head, space, max_len, edges)
+    allowed = allowed_reference(prefix, head, space, max_len, edges, direct)
     if s == max_len or not allowed:
       return
     prev1 = prefix[-1] if s >= 1 else BOS
@@ -84,11 +88,14 @@ def brute_force(table, rtg_weight, head, space, max_len, edges=None):
   return out
 
 
-def run_beam(table, rtg_weight, heads, space, beam, max_len, constraint=None, complete_last=False):
-  fn = jax.jit(lambda h: decode.beam_search(
+def run_beam(table, rtg_weight, heads, space, beam, max_len, constraint=None, complete_last=False,
+             direct_ok=None):
+  fn = jax.jit(lambda h, d: decode.beam_search(
       table_stub(table, rtg_weight), h, space=space, beam_size=beam, max_len=max_len,
-      rtg_constants=constants(space), constraint=constraint, complete_last=complete_last))
-  return jax.device_get(fn(jnp.asarray(heads, jnp.int32)))
+      rtg_constants=constants(space), constraint=constraint, complete_last=complete_last,
+      direct_ok=d))
+  direct_ok = None if direct_ok is None else jnp.asarray(direct_ok, bool)
+  return jax.device_get(fn(jnp.asarray(heads, jnp.int32), direct_ok))
 
 
 def finished(result, row):
@@ -258,6 +265,28 @@ def test_constrained_exhaustive_matches_brute_force():
     expected = brute_force(table, w, head, space, max_len, edges)
     got = finished(result, row)
     assert set(got) == set(expected)
+    for seq, score in got.items():
+      np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('constrained', [False, True])
+def test_direct_ok_removes_only_the_direct_answers_of_its_queries(constrained):
+  # Unconstrained, R=1 and E=3 keep the beam exhaustive (as in the test above).
+  space = decode.TokenSpace(num_relations=2 if constrained else 1,
+                            num_entities=6 if constrained else 3)
+  max_len = 5
+  both, edges = random_graph(1, 6, 2, 9)
+  table, w = random_problem(4, space, max_len)
+  table[0, BOS, BOS, space.entity_offset:] += 3.0  # the direct form is the likeliest first action
+  constraint = decode.GraphConstraint.from_triples(both, 6) if constrained else None
+  heads, direct = [0, 0, 2], [True, False, False]
+  result = run_beam(table, w, heads, space, beam=384, max_len=max_len, constraint=constraint,
+                    direct_ok=direct)
+  for row, (head, ok) in enumerate(zip(heads, direct)):
+    expected = brute_force(table, w, head, space, max_len, edges if constrained else None, ok)
+    got = finished(result, row)
+    assert set(got) == set(expected)
+    assert any(len(seq) == 2 for seq in got) == ok  # `t <eos>` only where allowed
     for seq, score in got.items():
       np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
 

@@ -209,7 +209,7 @@ def direct_answer_stub(params, inputs_tiled, space):
   return tokens_to_logits
 
 
-def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None):
+def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None, direct_heads=None):
   config = default.get_config()
   config.trajectories.max_hops = 1
   config.decode.beam_size = beam or kg.num_entities + 2
@@ -219,7 +219,7 @@ def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None):
   decode_fn = evaluate.make_decode_fn(
       lambda p, x: direct_answer_stub(p, x, space), space, beam_size=config.decode.beam_size,
       max_len=3, rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
-      batch_sharding=batch_sharding)
+      direct_heads=direct_heads, batch_sharding=batch_sharding)
   rng = np.random.default_rng(1)
   table = rng.uniform(0, 5, (kg.num_entities, 2 * kg.num_relations, kg.num_entities))
   features = {'fig': np.zeros((kg.num_entities, 8), np.float32),
@@ -265,6 +265,30 @@ def test_evaluate_split_end_to_end_with_a_stub():
   assert [a['path'] for a in rows[0]['answers']] == [[kg.entities[e]] for e in best]
   assert rows[0]['query'] == {'head': kg.entities[h], 'relation': kg.relation_name(r),
                               'answer': kg.entities[kg.test[0, 2]]}
+
+
+def test_direct_answers_only_for_the_heads_allowed():
+  kg = tiny_kg()
+  kg.images = {'ent_1': ['/img/1.jpg'], 'ent_4': ['/img/4.jpg']}
+  np.testing.assert_array_equal(kg.has_image(), np.isin(np.arange(kg.num_entities), [1, 4]))
+  assert evaluate.direct_heads_mask(kg, 'all') is None
+  with pytest.raises(ValueError, match='decode.direct_answers'):
+    evaluate.direct_heads_mask(kg, 'images')
+  _, decode_fn, table, features = stub_setup(
+      kg, direct_heads=evaluate.direct_heads_mask(kg, 'image_heads'))
+  queries = np.array([[1, 0, 0], [2, 0, 0], [4, 3, 0], [5, 1, 0]], np.int32)
+  scores, result = decode_fn(table, evaluate.query_inputs(kg, queries, features), None)
+  scores, result = np.asarray(scores), jax.device_get(result)
+  for row, image in enumerate([True, False, True, False]):
+    direct = (result.answer[row] >= 0) & (result.hops[row] == 0)
+    assert direct.any() == image
+    if image:  # the stub's step-0 distribution, exactly
+      h, r = queries[row, :2]
+      expected = jax.nn.log_softmax(table[h, r])
+      np.testing.assert_allclose(scores[row], expected, rtol=1e-5, atol=1e-5)
+    else:  # only `r e <eos>` paths; the stub's flat logits make them uniform: 1 / (2R · E) each
+      np.testing.assert_allclose(scores[row], -np.log(2 * kg.num_relations * kg.num_entities),
+                                 rtol=1e-5)
 
 
 def test_small_beam_leaves_targets_unreached():
