@@ -116,8 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Random-walk trajectories that miss t (written with R1 = r_bad), per positive trajectory.
   config.trajectories.negative_share = 0.1
   # Queries that also get the direct trajectory `t <eos>` although a rule grounds them: 'none' (the
-  # paper's reading: only ungrounded ones), 'image_heads' (heads with an image), 'weak_image_heads'
-  # (those of them no rule of confidence >= image_direct_min_confidence grounds) or 'all'.
+  # paper's reading: only ungrounded ones), 'image_heads' (heads with an image) or 'all'.
   config.trajectories.also_direct = 'none'
   # Copies of each direct trajectory whose head has an image and that no rule grounds (1 = none
   # extra): the facts no path gives, only the image. They are a small share of the data (the brand

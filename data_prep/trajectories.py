@@ -157,20 +157,16 @@ def image_similarity(actions: np.ndarray, target: np.ndarray, kg: kg_lib.Knowled
   return sim, known
 
 
-ALSO_DIRECT = ('none', 'image_heads', 'weak_image_heads', 'all')
+ALSO_DIRECT = ('none', 'image_heads', 'all')
 
 
-def also_direct_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray, mode: str,
-                     trusted: np.ndarray | None = None) -> np.ndarray:
+def also_direct_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray, mode: str) -> np.ndarray:
   """Which queries get the direct trajectory `t <eos>` even when a rule grounds them, `[q] bool`.
 
   'none': only ungrounded queries are direct (SQUIRE's and the paper's reading); 'image_heads': also
   every query whose head entity has an image, so the model learns to answer from h_fig / h_ocr (facts
-  that only the image shows have no path at test time); 'weak_image_heads': those of them that no
-  trusted rule grounds (`trusted [q] bool`: a path of a rule of confidence >=
-  `trajectories.image_direct_min_confidence`), so a relation its rules answer well does not learn a
-  second, path-less way to answer; 'all': every query, so step 0 also scores every entity for every
-  training query, like a 1-vs-all embedding model.
+  that only the image shows have no path at test time); 'all': every query, so step 0 also scores
+  every entity for every training query, like a 1-vs-all embedding model.
   """
   if mode not in ALSO_DIRECT:
     raise ValueError(f'trajectories.also_direct must be one of {ALSO_DIRECT}, got {mode!r}')
@@ -178,10 +174,6 @@ def also_direct_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray, mode: str,
     return np.ones(len(queries), bool)
   if mode == 'none':
     return np.zeros(len(queries), bool)
-  if mode == 'weak_image_heads':
-    if trusted is None:
-      raise ValueError("also_direct_mask: mode 'weak_image_heads' needs `trusted`")
-    return image_head_mask(kg, queries) & ~trusted
   return image_head_mask(kg, queries)
 
 
@@ -203,15 +195,14 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
   grounding_seconds = time.time() - start
   grounded = np.zeros(len(queries), bool)
   grounded[paths.query] = True
-  min_confidence = float(config.trajectories.image_direct_min_confidence)
-  trusted = np.zeros(len(queries), bool)  # grounded by a rule at least that confident
-  trusted[paths.query[paths.confidence >= min_confidence]] = True
-  direct = np.flatnonzero(~grounded | also_direct_mask(kg, queries, config.trajectories.also_direct,
-                                                       trusted))
+  direct = np.flatnonzero(~grounded | also_direct_mask(kg, queries, config.trajectories.also_direct))
   repeat = int(config.trajectories.image_direct_repeat)
   if repeat < 1:
     raise ValueError(f'trajectories.image_direct_repeat must be >= 1, got {repeat}')
   if repeat > 1:  # more exposure for the answers only the head's image shows (see default.py)
+    min_confidence = float(config.trajectories.image_direct_min_confidence)
+    trusted = np.zeros(len(queries), bool)  # grounded by a rule at least that confident
+    trusted[paths.query[paths.confidence >= min_confidence]] = True
     only_image = image_head_mask(kg, queries)[direct] & ~trusted[direct]
     direct = np.repeat(direct, np.where(only_image, repeat, 1))
   rng = np.random.default_rng([seed, 47])

@@ -47,7 +47,9 @@ no relation comes where an entity and `<eos>` could no longer follow. Graph-cons
 moves in the TRAIN graph with inverses (`GraphConstraint`): at step 0 the relations leaving the head
 OR any entity (the direct form `t <eos>`: the model is trained on it for triples no rule grounds, and
 such targets are usually not graph neighbours); after a step-0 entity only `<eos>`; after a relation
-r from entity e only tails of (e, r); after a path entity `<eos>` or a relation leaving it.
+r from entity e only tails of (e, r); after a path entity `<eos>` or a relation leaving it. In both
+modes `direct_ok` ([batch] bool) can withhold the direct form from some queries (no entity at step 0;
+`evaluate.direct_heads_mask`).
 
 Example:
   >>> space = TokenSpace(num_relations=2, num_entities=5)

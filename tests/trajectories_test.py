@@ -198,18 +198,13 @@ def test_negative_walks_miss_the_target():
       assert graph.has_edge(nodes[i], r[i], nodes[i + 1])
 
 
-@pytest.mark.parametrize('mode,min_confidence', [
-    ('none', 0.0), ('image_heads', 0.0), ('all', 0.0),
-    ('weak_image_heads', 0.0),    # every grounding rule is trusted: ungrounded queries only
-    ('weak_image_heads', 1.01)])  # none is: as 'image_heads'
-def test_also_direct_adds_direct_trajectories_for_grounded_queries(mode, min_confidence):
+@pytest.mark.parametrize('mode', ['none', 'image_heads', 'all'])
+def test_also_direct_adds_direct_trajectories_for_grounded_queries(mode):
   kg = composition_kg()
   kg.images = {f'p{p}': [f'/img/p{p}.jpg'] for p in range(0, 12, 2)}  # every other product
   config = small_config()
   config.trajectories.negative_share = 0.0
   config.trajectories.also_direct = mode
-  config.trajectories.image_direct_min_confidence = min_confidence
-  image_mode = mode == 'image_heads' or (mode == 'weak_image_heads' and min_confidence > 1)
   graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules.mine_rules(kg, config, graph=graph)
   traj, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)
@@ -222,12 +217,12 @@ def test_also_direct_adds_direct_trajectories_for_grounded_queries(mode, min_con
   keys = list(zip(heads.tolist(), kg.relation_token(queries[:, 1]).tolist(), queries[:, 2].tolist()))
   image_head = np.isin(queries[:, 0], [kg.entity_id(n) for n in kg.images])
   expected = {k for k, img in zip(keys, image_head)
-              if k not in grounded or mode == 'all' or (image_mode and img)}
+              if k not in grounded or mode == 'all' or (mode == 'image_heads' and img)}
   got = set(zip(traj.head_token[direct].tolist(), traj.relation_token[direct].tolist(),
                 traj.target[direct].tolist()))
   assert got == expected and int(direct.sum()) == len(expected) == stats['direct']
   assert stats['direct_also_grounded'] == len(expected & grounded)
-  assert (stats['direct_also_grounded'] > 0) == (mode == 'all' or image_mode)
+  assert (stats['direct_also_grounded'] > 0) == (mode != 'none')
   np.testing.assert_array_equal(traj.actions[direct, 1], kg_lib.EOS)
 
 
