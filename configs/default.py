@@ -251,6 +251,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Which queries may answer in the direct form `t <eos>` (imkga_jax/evaluate.py `direct_heads_mask`):
   # 'all' or 'image_heads' (those whose head has an image).
   config.decode.direct_answers = 'all'
+  # Rank entities unlike the query relation's train answers (evaluate.type_match < this) after the
+  # others, each group in score order; 0 = off.
+  config.decode.min_type_match = 0.0
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

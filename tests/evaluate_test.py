@@ -209,7 +209,8 @@ def direct_answer_stub(params, inputs_tiled, space):
   return tokens_to_logits
 
 
-def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None, direct_heads=None):
+def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None, direct_heads=None,
+               answer_types=None):
   config = default.get_config()
   config.trajectories.max_hops = 1
   config.decode.beam_size = beam or kg.num_entities + 2
@@ -219,7 +220,7 @@ def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None, direct_heads=No
   decode_fn = evaluate.make_decode_fn(
       lambda p, x: direct_answer_stub(p, x, space), space, beam_size=config.decode.beam_size,
       max_len=3, rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
-      direct_heads=direct_heads, batch_sharding=batch_sharding)
+      direct_heads=direct_heads, answer_types=answer_types, batch_sharding=batch_sharding)
   rng = np.random.default_rng(1)
   table = rng.uniform(0, 5, (kg.num_entities, 2 * kg.num_relations, kg.num_entities))
   features = {'fig': np.zeros((kg.num_entities, 8), np.float32),
@@ -289,6 +290,48 @@ def test_direct_answers_only_for_the_heads_allowed():
     else:  # only `r e <eos>` paths; the stub's flat logits make them uniform: 1 / (2R · E) each
       np.testing.assert_allclose(scores[row], -np.log(2 * kg.num_relations * kg.num_entities),
                                  rtol=1e-5)
+
+
+def test_type_match_separates_answer_types():
+  names = ['ann', 'bob', 'cat', 'oslo', 'rome', 'lonely']
+  triples = [('ann', 'likes', 'bob'), ('bob', 'likes', 'cat'), ('ann', 'lives_in', 'oslo'),
+             ('bob', 'lives_in', 'rome'), ('cat', 'lives_in', 'oslo')]
+  ids = {n: i for i, n in enumerate(names)}
+  rels = ['likes', 'lives_in']
+  train = np.array([(ids[h], rels.index(r), ids[t]) for h, r, t in triples], np.int32)
+  kg = kg_lib.KnowledgeGraph(entities=names, relations=rels, train=train,
+                             valid=train[:0], test=train[:0])
+  match = evaluate.type_match(kg)  # [2R, E]; relation ids: likes 0, lives_in 1, likes⁻¹ 2, lives_in⁻¹ 3
+  people, cities = [0, 1, 2], [3, 4]
+  np.testing.assert_allclose(match[1, cities], 1.0)  # lives_in -> a city
+  np.testing.assert_allclose(match[1, people], 0.0)
+  np.testing.assert_allclose(match[3, cities], 0.0)  # lives_in⁻¹ -> a person
+  assert np.all(match[3, people] > 0.5) and np.all(match[0, people] > 0.5)
+  assert np.all(match[:, 5] == 1.0)  # no train edge: nothing known against it
+  assert evaluate.answer_types_mask(kg, 0.0) is None
+  np.testing.assert_array_equal(evaluate.answer_types_mask(kg, 0.5), match >= 0.5)
+  with pytest.raises(ValueError, match='decode.min_type_match'):
+    evaluate.answer_types_mask(kg, 1.5)
+
+
+def test_answer_types_rank_typed_entities_first_each_group_in_order():
+  kg = tiny_kg()
+  rng = np.random.default_rng(3)
+  types = rng.random((2 * kg.num_relations, kg.num_entities)) < 0.5  # [2R, E]
+  config, plain, table, features = stub_setup(kg)
+  _, typed_fn, _, _ = stub_setup(kg, answer_types=types)
+  queries = np.stack([kg.test[:, 0], kg.test[:, 1], kg.test[:, 2]], axis=1).astype(np.int32)[:4]
+  inputs = evaluate.query_inputs(kg, queries, features)
+  base, _ = plain(table, inputs, None)
+  scores, _ = typed_fn(table, inputs, None)
+  base, scores = np.asarray(base), np.asarray(scores)
+  for row, (_, r, _) in enumerate(queries):
+    inside = types[r]
+    assert scores[row, inside].min() > scores[row, ~inside].max()
+    np.testing.assert_array_equal(scores[row, inside], base[row, inside])
+    for group in (inside, ~inside):  # the order inside each group is the untyped order
+      np.testing.assert_array_equal(np.argsort(scores[row, group], kind='stable'),
+                                    np.argsort(base[row, group], kind='stable'))
 
 
 def test_small_beam_leaves_targets_unreached():
