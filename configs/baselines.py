@@ -96,6 +96,9 @@ def get_config(arg: str = 'complex,synthetic') -> ml_collections.ConfigDict:
   # evaluate.direction_queries, as decode.max_queries does for IMKGA-SM); -1 = all. Early stopping
   # always uses the whole valid split.
   b.max_queries = -1
+  # Rank entities unlike the query relation's train answers last, as IMKGA-SM's
+  # decode.min_type_match (imkga_jax/evaluate.py); 0 = off, the standard protocol.
+  b.min_type_match = 0.0
   # Show a tqdm progress bar over epochs.
   b.progress_bar = True
   # Model-specific fields of the flax module (see imkga_jax/baselines/models.py).

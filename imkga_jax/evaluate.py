@@ -239,8 +239,7 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
       scores = entity_scores(result.answer, result.score, space.num_entities,
                              logprob=result.logprob, rule=score_rule)  # [b, E]
     if types_table is not None:
-      typed = types_table[inputs['relation_token'] - space.relation_offset]  # [b, E]
-      scores = jnp.where(typed, scores, scores - _UNTYPED_PENALTY)
+      scores = typed_first(scores, types_table[inputs['relation_token'] - space.relation_offset])
     return scores, result
 
   if batch_sharding is None:
@@ -439,9 +438,6 @@ def format_predictions(query: str, answers: list[Mapping[str, Any]]) -> str:
 
 # ============================================================================ launch.py entry points
 DIRECT_ANSWERS = ('all', 'image_heads')
-# Subtracted from the scores of entities outside the query relation's answer type: larger than any
-# gap between two finite scores (log-probabilities of paths of at most a few dozen tokens).
-_UNTYPED_PENALTY = 1e4
 
 
 def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None:
@@ -484,6 +480,16 @@ def answer_types_mask(kg: kg_lib.KnowledgeGraph, min_match: float) -> np.ndarray
   if not 0.0 <= min_match <= 1.0:
     raise ValueError(f'decode.min_type_match={min_match}: expected a value in [0, 1]')
   return None if min_match == 0.0 else type_match(kg) >= min_match
+
+
+def typed_first(scores: jax.Array, typed: jax.Array) -> jax.Array:
+  """`[b, E]` scores shifted so that every finite `typed` score beats every other one, each group
+  keeping its order (a per-row shift of the untyped group: no precision is lost)."""
+  finite = jnp.isfinite(scores)
+  lowest_typed = jnp.min(jnp.where(typed & finite, scores, jnp.inf), axis=-1, keepdims=True)
+  highest_other = jnp.max(jnp.where(~typed & finite, scores, -jnp.inf), axis=-1, keepdims=True)
+  shift = jnp.maximum(highest_other - lowest_typed + 1.0, 0.0)  # [b, 1]; 0 if a group is empty
+  return jnp.where(typed, scores, scores - shift)
 
 
 def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,

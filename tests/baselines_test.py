@@ -1,6 +1,7 @@
 """Tests of the embedding baselines: shapes, training signal, learnable toy KG, outputs, config."""
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -192,3 +193,23 @@ def test_max_queries_ranks_the_seeded_subset_of_evaluate(tmp_path):
   expected = evaluate.direction_queries(graph, 'test', 3)['tail']
   assert sum(m['tail']['queries'] for m in metrics['by_relation'].values()) == len(expected)
   assert sum(m['head']['queries'] for m in metrics['by_relation'].values()) == len(expected)
+
+
+def test_answer_types_rank_typed_entities_first():
+  graph = _toy_kg()
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(graph.num_entities, 2 * graph.num_relations, graph.num_entities))
+  score = lambda params, batch_stats, heads, relations: table[heads, relations]  # [B, E]
+  state = types.SimpleNamespace(params=None, batch_stats=None)
+  answer_types = rng.random((2 * graph.num_relations, graph.num_entities)) < 0.5
+  plain = train.rank_split(score, state, graph, 'test', 4)
+  typed = train.rank_split(score, state, graph, 'test', 4, answer_types=answer_types)
+  for direction, queries in evaluate.direction_queries(graph, 'test').items():
+    indptr, known = graph.filter_csr(queries[:, :2])
+    scores = table[queries[:, 0], queries[:, 1]]  # [q, E]
+    shifted = np.asarray(evaluate.typed_first(scores, answer_types[queries[:, 1]]))
+    np.testing.assert_array_equal(typed[direction]['ranks'],
+                                  evaluate.filtered_ranks(shifted, queries[:, 2], indptr, known))
+    np.testing.assert_array_equal(plain[direction]['ranks'],
+                                  evaluate.filtered_ranks(scores, queries[:, 2], indptr, known))
+  assert any((typed[d]['ranks'] != plain[d]['ranks']).any() for d in typed)

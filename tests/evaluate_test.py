@@ -314,6 +314,20 @@ def test_type_match_separates_answer_types():
     evaluate.answer_types_mask(kg, 1.5)
 
 
+def test_typed_first_shifts_only_the_untyped_group():
+  scores = np.array([[-1.0, -5.0, -2.0, -np.inf, -0.5],
+                     [-1.0, -2.0, -3.0, -4.0, -5.0],
+                     [-3.0, -1.0, -np.inf, -2.0, -0.1]], np.float32)
+  typed = np.array([[True, True, False, False, False],
+                    [True, True, True, True, True],      # nothing to shift
+                    [False, False, False, False, False]])  # nothing typed: unchanged
+  out = np.asarray(evaluate.typed_first(scores, typed))
+  np.testing.assert_array_equal(out[0, :2], scores[0, :2])
+  assert out[0, 2] < -5.0 and out[0, 4] < -5.0 and out[0, 4] > out[0, 2]  # below, still in order
+  assert out[0, 3] == -np.inf  # unreached stays unreached
+  np.testing.assert_array_equal(out[1:], scores[1:])
+
+
 def test_answer_types_rank_typed_entities_first_each_group_in_order():
   kg = tiny_kg()
   rng = np.random.default_rng(3)

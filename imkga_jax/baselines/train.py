@@ -170,11 +170,14 @@ def make_scorer(model: nn.Module) -> Callable:
 
 
 def rank_split(score: Callable, state: TrainState, graph: kg_lib.KnowledgeGraph, split: str,
-               batch_size: int, max_queries: int = -1) -> dict[str, dict[str, np.ndarray]]:
+               batch_size: int, max_queries: int = -1, answer_types: np.ndarray | None = None
+               ) -> dict[str, dict[str, np.ndarray]]:
   """Filtered ranks of the queries of `split` in both directions (`evaluate.filtered_ranks`).
 
   `max_queries >= 0` ranks the same seeded subset of triples as `evaluate.direction_queries` (so
   the figures compare with an IMKGA-SM evaluation run with the same `decode.max_queries`).
+  `answer_types` (`[2R, E]` bool, `evaluate.answer_types_mask`) ranks each query relation's typed
+  entities first, as IMKGA-SM's `decode.min_type_match` does.
 
   Returns:
     `{'tail'|'head': {'ranks' [n] float, 'reached' [n] bool, 'relations' [n] int}}`; head queries are
@@ -189,6 +192,8 @@ def rank_split(score: Callable, state: TrainState, graph: kg_lib.KnowledgeGraph,
       padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))  # One compiled shape.
       scores = np.asarray(score(state.params, state.batch_stats, padded[:, 0], padded[:, 1])
                           )[:len(chunk)]  # [b, E]
+      if answer_types is not None:
+        scores = np.asarray(evaluate.typed_first(scores, answer_types[chunk[:, 1]]))
       lo, hi = indptr[start], indptr[start + len(chunk)]
       ranks.append(evaluate.filtered_ranks(scores, chunk[:, 2],
                                            indptr[start:start + len(chunk) + 1] - lo, known[lo:hi]))
@@ -300,7 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   metrics = {}
   for split in ('valid', 'test'):
-    ranked = rank_split(score, best, graph, split, b.eval_batch_size, b.max_queries)
+    ranked = rank_split(score, best, graph, split, b.eval_batch_size, b.max_queries,
+                        evaluate.answer_types_mask(graph, float(b.min_type_match)))
     metrics[split] = summarize(ranked)
   by_relation = evaluate.metrics_by_relation(  # `ranked` is the test split here.
       graph, {d: (x['relations'], x['ranks'], x['reached']) for d, x in ranked.items()})
