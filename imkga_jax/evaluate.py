@@ -185,6 +185,62 @@ def direction_queries(kg: kg_lib.KnowledgeGraph, split: str, max_queries: int = 
           'head': np.stack([t, kg.inverse_relation(r), h], axis=1).astype(np.int32)}
 
 
+# ============================================================================ who may answer
+DIRECT_ANSWERS = ('all', 'image_heads')
+
+
+def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None:
+  """`[E] bool` query heads allowed the direct answer `t <eos>` (`config.decode.direct_answers`).
+
+  'all': every head (None); 'image_heads': heads with an image only — the direct form's reading for
+  data made with `trajectories.also_direct='image_heads'`, where it is the model's way to answer
+  from the picture. Elsewhere it was trained only for the few queries no rule grounds, and at test
+  time the direct form mostly offers the label-smoothing leftovers of step 0 as answers.
+  """
+  if mode not in DIRECT_ANSWERS:
+    raise ValueError(f'decode.direct_answers={mode!r}: expected one of {DIRECT_ANSWERS}')
+  return None if mode == 'all' else kg.has_image()
+
+
+def type_match(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
+  """`[2R, E]` float32: how much each entity looks like the train answers of each query relation.
+
+  An entity's signature is the set of relations of its train edges (inverses included). For query
+  relation r, `share[r, r']` is the fraction of r's train answers whose signature holds r'; the
+  match of entity e is the mean of `share[r, r']` over e's signature (1 for an entity with no train
+  edge: nothing is known against it). On the synthetic KG the products score about 0.96 for
+  (shop, sold_by⁻¹, ?) and regions, brands and colours 0: no answer of sold_by⁻¹ is a region.
+  """
+  num_rel = 2 * kg.num_relations
+  triples = kg.with_inverses('train')
+  signature = np.zeros((kg.num_entities, num_rel), np.float32)  # [E, 2R]
+  signature[triples[:, 0], triples[:, 1]] = 1.0
+  answers = np.zeros((num_rel, kg.num_entities), np.float32)  # [2R, E]
+  answers[triples[:, 1], triples[:, 2]] = 1.0
+  share = (answers @ signature) / np.maximum(answers.sum(axis=1, keepdims=True), 1.0)  # [2R, 2R]
+  degree = signature.sum(axis=1)  # [E]
+  match = (share @ signature.T) / np.maximum(degree, 1.0)  # [2R, E]
+  return np.where(degree > 0, match, 1.0).astype(np.float32)
+
+
+def answer_types_mask(kg: kg_lib.KnowledgeGraph, min_match: float) -> np.ndarray | None:
+  """`[2R, E] bool`: entities of the query relation's answer type (`type_match >= min_match`), or
+  None when `config.decode.min_type_match` is 0 (off)."""
+  if not 0.0 <= min_match <= 1.0:
+    raise ValueError(f'decode.min_type_match={min_match}: expected a value in [0, 1]')
+  return None if min_match == 0.0 else type_match(kg) >= min_match
+
+
+def typed_first(scores: jax.Array, typed: jax.Array) -> jax.Array:
+  """`[b, E]` scores shifted so that every finite `typed` score beats every other one, each group
+  keeping its order (a per-row shift of the untyped group: no precision is lost)."""
+  finite = jnp.isfinite(scores)
+  lowest_typed = jnp.min(jnp.where(typed & finite, scores, jnp.inf), axis=-1, keepdims=True)
+  highest_other = jnp.max(jnp.where(~typed & finite, scores, -jnp.inf), axis=-1, keepdims=True)
+  shift = jnp.maximum(highest_other - lowest_typed + 1.0, 0.0)  # [b, 1]; 0 if a group is empty
+  return jnp.where(typed, scores, scores - shift)
+
+
 # ============================================================================ decoding in batches
 def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.TokensToLogits],
                    space: decode.TokenSpace, *, beam_size: int, max_len: int,
@@ -437,61 +493,6 @@ def format_predictions(query: str, answers: list[Mapping[str, Any]]) -> str:
 
 
 # ============================================================================ launch.py entry points
-DIRECT_ANSWERS = ('all', 'image_heads')
-
-
-def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None:
-  """`[E] bool` query heads allowed the direct answer `t <eos>` (`config.decode.direct_answers`).
-
-  'all': every head (None); 'image_heads': heads with an image only — the direct form's reading for
-  data made with `trajectories.also_direct='image_heads'`, where it is the model's way to answer
-  from the picture. Elsewhere it was trained only for the few queries no rule grounds, and at test
-  time the direct form mostly offers the label-smoothing leftovers of step 0 as answers.
-  """
-  if mode not in DIRECT_ANSWERS:
-    raise ValueError(f'decode.direct_answers={mode!r}: expected one of {DIRECT_ANSWERS}')
-  return None if mode == 'all' else kg.has_image()
-
-
-def type_match(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
-  """`[2R, E]` float32: how much each entity looks like the train answers of each query relation.
-
-  An entity's signature is the set of relations of its train edges (inverses included). For query
-  relation r, `share[r, r']` is the fraction of r's train answers whose signature holds r'; the
-  match of entity e is the mean of `share[r, r']` over e's signature (1 for an entity with no train
-  edge: nothing is known against it). On the synthetic KG the products score about 0.9 for
-  (shop, sold_by⁻¹, ?) and regions, brands and colours 0: no answer of sold_by⁻¹ is a region.
-  """
-  num_rel = 2 * kg.num_relations
-  triples = kg.with_inverses('train')
-  signature = np.zeros((kg.num_entities, num_rel), np.float32)  # [E, 2R]
-  signature[triples[:, 0], triples[:, 1]] = 1.0
-  answers = np.zeros((num_rel, kg.num_entities), np.float32)  # [2R, E]
-  answers[triples[:, 1], triples[:, 2]] = 1.0
-  share = (answers @ signature) / np.maximum(answers.sum(axis=1, keepdims=True), 1.0)  # [2R, 2R]
-  degree = signature.sum(axis=1)  # [E]
-  match = (share @ signature.T) / np.maximum(degree, 1.0)  # [2R, E]
-  return np.where(degree > 0, match, 1.0).astype(np.float32)
-
-
-def answer_types_mask(kg: kg_lib.KnowledgeGraph, min_match: float) -> np.ndarray | None:
-  """`[2R, E] bool`: entities of the query relation's answer type (`type_match >= min_match`), or
-  None when `config.decode.min_type_match` is 0 (off)."""
-  if not 0.0 <= min_match <= 1.0:
-    raise ValueError(f'decode.min_type_match={min_match}: expected a value in [0, 1]')
-  return None if min_match == 0.0 else type_match(kg) >= min_match
-
-
-def typed_first(scores: jax.Array, typed: jax.Array) -> jax.Array:
-  """`[b, E]` scores shifted so that every finite `typed` score beats every other one, each group
-  keeping its order (a per-row shift of the untyped group: no precision is lost)."""
-  finite = jnp.isfinite(scores)
-  lowest_typed = jnp.min(jnp.where(typed & finite, scores, jnp.inf), axis=-1, keepdims=True)
-  highest_other = jnp.max(jnp.where(~typed & finite, scores, -jnp.inf), axis=-1, keepdims=True)
-  shift = jnp.maximum(highest_other - lowest_typed + 1.0, 0.0)  # [b, 1]; 0 if a group is empty
-  return jnp.where(typed, scores, scores - shift)
-
-
 def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
                   batch_sharding: NamedSharding | None = None) -> tuple[DecodeFn, Any]:
   """`(decode_fn, constraint)` for an IMKGA model and the config's decode section."""
