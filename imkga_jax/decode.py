@@ -187,9 +187,10 @@ def _allowed_unconstrained(seqs: jax.Array, step: jax.Array, space: TokenSpace,
                            direct_ok: jax.Array) -> jax.Array:
   """`[batch, K, V]` bool (a broadcast expression XLA fuses): the path grammar, no graph.
 
-  First action: a relation or an entity (the direct form); after a relation: an entity; after a path
-  entity: a relation or `<eos>`; after a step-0 entity (direct form): only `<eos>`. Relations only
-  where an entity and `<eos>` can still follow; never a special token other than `<eos>`.
+  First action: a relation or, where `direct_ok`, an entity (the direct form); after a relation: an
+  entity; after a path entity: a relation or `<eos>`; after a step-0 entity (direct form): only
+  `<eos>`. Relations only where an entity and `<eos>` can still follow; never a special token other
+  than `<eos>`.
   """
   max_len = seqs.shape[-1]
   tok = lax.broadcasted_iota(jnp.int32, (1, 1, space.num_tokens), 2)  # [1, 1, V]

@@ -199,7 +199,13 @@ def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None
   """
   if mode not in DIRECT_ANSWERS:
     raise ValueError(f'decode.direct_answers={mode!r}: expected one of {DIRECT_ANSWERS}')
-  return None if mode == 'all' else kg.has_image()
+  if mode == 'all':
+    return None
+  has_image = kg.has_image()
+  if not has_image.any():
+    logging.warning("decode.direct_answers='image_heads': no entity of %s has an image, so no query "
+                    "may answer in the direct form `t <eos>`", kg.source or 'this KG')
+  return has_image
 
 
 def type_match(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
@@ -223,11 +229,12 @@ def type_match(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
   return np.where(degree > 0, match, 1.0).astype(np.float32)
 
 
-def answer_types_mask(kg: kg_lib.KnowledgeGraph, min_match: float) -> np.ndarray | None:
+def answer_types_mask(kg: kg_lib.KnowledgeGraph, min_match: float,
+                      key: str = 'decode.min_type_match') -> np.ndarray | None:
   """`[2R, E] bool`: entities of the query relation's answer type (`type_match >= min_match`), or
-  None when `config.decode.min_type_match` is 0 (off)."""
+  None when `min_match` is 0 (off). `key` names the config entry in errors."""
   if not 0.0 <= min_match <= 1.0:
-    raise ValueError(f'decode.min_type_match={min_match}: expected a value in [0, 1]')
+    raise ValueError(f'{key}={min_match}: expected a value in [0, 1]')
   return None if min_match == 0.0 else type_match(kg) >= min_match
 
 

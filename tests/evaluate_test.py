@@ -1,5 +1,6 @@
 """Tests of imkga_jax/evaluate.py: scatter-max, filtered ranks vs brute force, stub end to end."""
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -268,11 +269,15 @@ def test_evaluate_split_end_to_end_with_a_stub():
                               'answer': kg.entities[kg.test[0, 2]]}
 
 
-def test_direct_answers_only_for_the_heads_allowed():
+def test_direct_answers_only_for_the_heads_allowed(caplog):
   kg = tiny_kg()
   kg.images = {'ent_1': ['/img/1.jpg'], 'ent_4': ['/img/4.jpg']}
   np.testing.assert_array_equal(kg.has_image(), np.isin(np.arange(kg.num_entities), [1, 4]))
   assert evaluate.direct_heads_mask(kg, 'all') is None
+  no_images = tiny_kg()
+  with caplog.at_level(logging.WARNING):  # a KG without images: said, not silently all-off
+    assert not evaluate.direct_heads_mask(no_images, 'image_heads').any()
+  assert 'no entity' in caplog.text
   with pytest.raises(ValueError, match='decode.direct_answers'):
     evaluate.direct_heads_mask(kg, 'images')
   _, decode_fn, table, features = stub_setup(
@@ -312,6 +317,8 @@ def test_type_match_separates_answer_types():
   np.testing.assert_array_equal(evaluate.answer_types_mask(kg, 0.5), match >= 0.5)
   with pytest.raises(ValueError, match='decode.min_type_match'):
     evaluate.answer_types_mask(kg, 1.5)
+  with pytest.raises(ValueError, match='baseline.min_type_match'):
+    evaluate.answer_types_mask(kg, -0.1, 'baseline.min_type_match')
 
 
 def test_typed_first_shifts_only_the_untyped_group():
