@@ -99,6 +99,9 @@ def get_config(arg: str = 'complex,synthetic') -> ml_collections.ConfigDict:
   # Rank entities unlike the query relation's train answers last, as IMKGA-SM's
   # decode.min_type_match (imkga_jax/evaluate.py); 0 = off, the standard protocol.
   b.min_type_match = 0.0
+  # Rank entities that already have their one answer of a functional inverse relation last, as
+  # IMKGA-SM's decode.min_functionality; 0 = off, the standard protocol.
+  b.min_functionality = 0.0
   # Show a tqdm progress bar over epochs.
   b.progress_bar = True
   # Model-specific fields of the flax module (see imkga_jax/baselines/models.py).

@@ -251,9 +251,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Which queries may answer in the direct form `t <eos>` (imkga_jax/evaluate.py `direct_heads_mask`):
   # 'all' or 'image_heads' (those whose head has an image).
   config.decode.direct_answers = 'all'
+  # ... and only query relations whose best mined rule (prepared/rules.json) has a confidence below
+  # this (evaluate.direct_relations_mask); 0 = no such limit.
+  config.decode.direct_below_rule_confidence = 0.0
   # Rank entities unlike the query relation's train answers (evaluate.type_match < this) after the
   # others, each group in score order; 0 = off.
   config.decode.min_type_match = 0.0
+  # Partial completeness: for query relation r whose inverse has AMIE functionality >= this on train
+  # (evaluate.functional_mask), entities that already have their one inverse answer rank after the
+  # others, each group in score order; 0 = off.
+  config.decode.min_functionality = 0.0
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

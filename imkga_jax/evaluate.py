@@ -208,6 +208,39 @@ def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None
   return has_image
 
 
+RULES_FILE = 'rules.json'  # written by data_prep/trajectories.py into the prepared folder
+
+
+def best_rule_confidence(kg: kg_lib.KnowledgeGraph, rules_path: str) -> np.ndarray:
+  """`[2R]` float32: the confidence of each query relation's best mined rule (0 without one), read
+  from the prepared folder's `rules.json` (`{head name: [[confidence, [body names]], …]}`)."""
+  try:
+    with open(rules_path, encoding='utf-8') as f:
+      named = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{rules_path} is missing: decode.direct_below_rule_confidence reads the '
+                            'mined rules; run `launch.py --mode=prepare` first') from None
+  best = np.zeros(2 * kg.num_relations, np.float32)
+  for head, rules in named.items():
+    try:
+      best[kg.relation_id(head)] = max((float(c) for c, _ in rules), default=0.0)
+    except KeyError as e:
+      raise KeyError(f'{rules_path}: {e.args[0]}') from None
+  return best
+
+
+def direct_relations_mask(kg: kg_lib.KnowledgeGraph, below: float, rules_path: str
+                          ) -> np.ndarray | None:
+  """`[2R] bool` query relations that may answer in the direct form `t <eos>`
+  (`config.decode.direct_below_rule_confidence`): those whose best mined rule has a confidence
+  below `below`. Where a strong rule answers, the direct form only adds the answer prior the model
+  learned for it (couriers for (product, ships_via, ?), since no picture shows one) to the rule's
+  path. None when `below` is 0 (off)."""
+  if not 0.0 <= below <= 1.0:
+    raise ValueError(f'decode.direct_below_rule_confidence={below}: expected a value in [0, 1]')
+  return None if below == 0.0 else best_rule_confidence(kg, rules_path) < below
+
+
 def type_match(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
   """`[2R, E]` float32: how much each entity looks like the train answers of each query relation.
 
@@ -238,6 +271,55 @@ def answer_types_mask(kg: kg_lib.KnowledgeGraph, min_match: float,
   return None if min_match == 0.0 else type_match(kg) >= min_match
 
 
+# Relations with fewer train facts than this are never taken as functional (`functional_mask`): two
+# facts with two distinct heads say nothing about a one-answer-per-head law.
+FUNCTIONAL_MIN_FACTS = 20
+
+
+def functionality(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
+  """`[2R]` float32: AMIE's functionality of each relation (inverses included) on train — its
+  distinct heads over its facts; 1 when every head has one tail (sold_by: a product, one shop). 0 for a
+  relation with fewer than `FUNCTIONAL_MIN_FACTS` train facts."""
+  triples = kg.with_inverses('train')
+  num_rel = 2 * kg.num_relations
+  facts = np.bincount(triples[:, 1], minlength=num_rel)
+  heads = np.bincount(np.unique(triples[:, :2], axis=0)[:, 1], minlength=num_rel)
+  return np.where(facts >= FUNCTIONAL_MIN_FACTS, heads / np.maximum(facts, 1), 0.0).astype(np.float32)
+
+
+def functional_mask(kg: kg_lib.KnowledgeGraph, min_functionality: float,
+                    key: str = 'decode.min_functionality') -> np.ndarray | None:
+  """`[2R, E] bool`: False where the partial-completeness assumption rules an answer out.
+
+  If the inverse r' of query relation r is functional (`functionality >= min_functionality`), an
+  entity that already has an r'-fact in train has its one r'-answer and is not a new answer of r: for
+  (shop, sold_by⁻¹, ?) a product already sold by another shop ranks after the products whose shop is
+  unknown. None when `min_functionality` is 0 (off). `key` names the config entry in errors.
+  """
+  if not 0.0 <= min_functionality <= 1.0:
+    raise ValueError(f'{key}={min_functionality}: expected a value in [0, 1]')
+  if min_functionality == 0.0:
+    return None
+  num_rel = 2 * kg.num_relations
+  triples = kg.with_inverses('train')
+  has_fact = np.zeros((num_rel, kg.num_entities), bool)  # [2R, E]: e is a head of relation r
+  has_fact[triples[:, 1], triples[:, 0]] = True
+  inverse = (np.arange(num_rel) + kg.num_relations) % num_rel  # [2R]
+  functional = functionality(kg)[inverse] >= min_functionality  # [2R]: is r's inverse functional
+  return ~(functional[:, None] & has_fact[inverse])
+
+
+def first_answers_mask(kg: kg_lib.KnowledgeGraph, min_type_match: float, min_functionality: float,
+                       section: str = 'decode') -> np.ndarray | None:
+  """`[2R, E] bool`: per query relation, the entities that rank first (`typed_first`): of the answer
+  type (`answer_types_mask`) and not ruled out by a functional inverse (`functional_mask`). None when
+  both are off. `section` names the config section of the two keys in errors."""
+  masks = [m for m in (answer_types_mask(kg, min_type_match, f'{section}.min_type_match'),
+                       functional_mask(kg, min_functionality, f'{section}.min_functionality'))
+           if m is not None]
+  return None if not masks else np.logical_and.reduce(masks)
+
+
 def typed_first(scores: jax.Array, typed: jax.Array) -> jax.Array:
   """`[b, E]` scores shifted so that every finite `typed` score beats every other one, each group
   keeping its order (a per-row shift of the untyped group: no precision is lost)."""
@@ -254,6 +336,7 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
                    rtg_constants: rtg_lib.RtgConstants, score_rule: str = 'max',
                    complete_last: bool = False, finish_width: int = 0,
                    direct_heads: np.ndarray | None = None,
+                   direct_relations: np.ndarray | None = None,
                    answer_types: np.ndarray | None = None,
                    batch_sharding: NamedSharding | None = None) -> DecodeFn:
   """One jitted function: beam search + entity scores for a batch of queries.
@@ -271,6 +354,8 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
       (`decode.beam_search`): one more model call on `batch * W` rows at each.
     direct_heads: `[E]` bool, the query heads that may answer in the direct form `t <eos>`
       (`direct_heads_mask`); None: every head.
+    direct_relations: `[2R]` bool, the query relations that may answer in the direct form
+      (`direct_relations_mask`); None: every relation. Both must allow it.
     answer_types: `[2R, E]` bool (`answer_types_mask`): per query relation, the entities that rank
       first; the others keep their order but rank after all of them. None: no type order.
     batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
@@ -282,6 +367,8 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
   """
   check_score_rule(score_rule)  # now, not at the first call's trace
   direct_table = None if direct_heads is None else jnp.asarray(direct_heads, jnp.bool_)  # [E]
+  direct_rel_table = (None if direct_relations is None
+                      else jnp.asarray(direct_relations, jnp.bool_))  # [2R]
   types_table = None if answer_types is None else jnp.asarray(answer_types, jnp.bool_)  # [2R, E]
 
   def fn(params, inputs, constraint):
@@ -290,19 +377,24 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
     finish_logits = None
     if finish_width > beam_size:
       finish_logits = logits_factory(params, decode.tile_beams(per_query, finish_width))
+    relation = inputs['relation_token'] - space.relation_offset  # [b]
+    direct_ok = jnp.ones(relation.shape, jnp.bool_)
+    if direct_table is not None:
+      direct_ok &= direct_table[inputs['head_entity']]
+    if direct_rel_table is not None:
+      direct_ok &= direct_rel_table[relation]
     result = decode.beam_search(logits_factory(params, context), inputs['head_entity'], space=space,
                                 beam_size=beam_size, max_len=max_len, rtg_constants=rtg_constants,
                                 constraint=constraint, complete_last=complete_last,
                                 finish_width=finish_width, finish_logits=finish_logits,
-                                direct_ok=(None if direct_table is None
-                                           else direct_table[inputs['head_entity']]))
+                                direct_ok=direct_ok)
     if complete_last:
       scores = with_completions(result, space.num_entities, rule=score_rule)
     else:
       scores = entity_scores(result.answer, result.score, space.num_entities,
                              logprob=result.logprob, rule=score_rule)  # [b, E]
     if types_table is not None:
-      scores = typed_first(scores, types_table[inputs['relation_token'] - space.relation_offset])
+      scores = typed_first(scores, types_table[relation])
     return scores, result
 
   if batch_sharding is None:
@@ -501,8 +593,10 @@ def format_predictions(query: str, answers: list[Mapping[str, Any]]) -> str:
 
 # ============================================================================ launch.py entry points
 def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
-                  batch_sharding: NamedSharding | None = None) -> tuple[DecodeFn, Any]:
-  """`(decode_fn, constraint)` for an IMKGA model and the config's decode section."""
+                  batch_sharding: NamedSharding | None = None, prepared_dir: str = ''
+                  ) -> tuple[DecodeFn, Any]:
+  """`(decode_fn, constraint)` for an IMKGA model and the config's decode section; `prepared_dir`
+  holds the mined rules that `decode.direct_below_rule_confidence` reads."""
   from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
   branches = tuple(model.branches)
   branch_name = branches[decode.branch_index(branches, config.decode.branch)]
@@ -522,7 +616,10 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       score_rule=config.decode.score, complete_last=config.decode.complete_last,
       finish_width=config.decode.finish_width,
       direct_heads=direct_heads_mask(kg, config.decode.direct_answers),
-      answer_types=answer_types_mask(kg, float(config.decode.min_type_match)),
+      direct_relations=direct_relations_mask(kg, float(config.decode.direct_below_rule_confidence),
+                                             os.path.join(prepared_dir, RULES_FILE)),
+      answer_types=first_answers_mask(kg, float(config.decode.min_type_match),
+                                      float(config.decode.min_functionality)),
       batch_sharding=batch_sharding)
   constraint = decode.GraphConstraint.from_kg(kg) if config.decode.constrained else None
   return decode_fn, constraint
@@ -536,7 +633,7 @@ def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, ...]
   features = train.load_feature_table(prepared, kg.num_entities, config)
   mesh = sharding.make_mesh(config.mesh)
   decode_fn, constraint = build_decoder(model, kg, config,
-                                        sharding.batch_sharding(mesh, config.mesh.rules))
+                                        sharding.batch_sharding(mesh, config.mesh.rules), prepared)
   return kg, params, step, features, decode_fn, constraint
 
 

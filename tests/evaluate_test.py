@@ -211,7 +211,7 @@ def direct_answer_stub(params, inputs_tiled, space):
 
 
 def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None, direct_heads=None,
-               answer_types=None):
+               answer_types=None, direct_relations=None):
   config = default.get_config()
   config.trajectories.max_hops = 1
   config.decode.beam_size = beam or kg.num_entities + 2
@@ -221,7 +221,8 @@ def stub_setup(kg, beam=None, batch_size=4, batch_sharding=None, direct_heads=No
   decode_fn = evaluate.make_decode_fn(
       lambda p, x: direct_answer_stub(p, x, space), space, beam_size=config.decode.beam_size,
       max_len=3, rtg_constants=rtg_lib.constants_from_config(config, kg.num_relations),
-      direct_heads=direct_heads, answer_types=answer_types, batch_sharding=batch_sharding)
+      direct_heads=direct_heads, answer_types=answer_types, batch_sharding=batch_sharding,
+      direct_relations=direct_relations)
   rng = np.random.default_rng(1)
   table = rng.uniform(0, 5, (kg.num_entities, 2 * kg.num_relations, kg.num_entities))
   features = {'fig': np.zeros((kg.num_entities, 8), np.float32),
@@ -297,6 +298,34 @@ def test_direct_answers_only_for_the_heads_allowed(caplog):
                                  rtol=1e-5)
 
 
+def test_direct_answers_only_for_relations_without_a_strong_rule(tmp_path):
+  kg = tiny_kg()  # relations r0, r1; ids 0, 1 and inverses 2, 3
+  rules = tmp_path / 'rules.json'
+  rules.write_text(json.dumps({'rel_0': [[0.9, ['rel_1_inv']], [0.2, ['rel_1']]],
+                               'rel_1_inv': [[0.3, ['rel_0']]], 'rel_1': []}))
+  np.testing.assert_allclose(evaluate.best_rule_confidence(kg, str(rules)), [0.9, 0, 0, 0.3])
+  allowed = evaluate.direct_relations_mask(kg, 0.5, str(rules))
+  np.testing.assert_array_equal(allowed, [False, True, True, True])
+  assert evaluate.direct_relations_mask(kg, 0.0, str(tmp_path / 'absent.json')) is None
+  with pytest.raises(FileNotFoundError, match='absent.json'):
+    evaluate.direct_relations_mask(kg, 0.5, str(tmp_path / 'absent.json'))
+  with pytest.raises(ValueError, match='decode.direct_below_rule_confidence'):
+    evaluate.direct_relations_mask(kg, 2.0, str(rules))
+  rules.write_text(json.dumps({'nope': [[0.5, ['rel_0']]]}))
+  with pytest.raises(KeyError, match='rules.json'):
+    evaluate.best_rule_confidence(kg, str(rules))
+  # Decoding: relation 0 answers only through paths, the others also directly; with direct heads
+  # given too, both must allow it.
+  kg.images = {'ent_1': ['/img/1.jpg']}
+  _, decode_fn, table, features = stub_setup(kg, direct_relations=allowed,
+                                             direct_heads=kg.has_image())
+  queries = np.array([[1, 0, 0], [1, 1, 0], [1, 3, 0], [2, 1, 0]], np.int32)
+  _, result = decode_fn(table, evaluate.query_inputs(kg, queries, features), None)
+  result = jax.device_get(result)
+  for row, direct in enumerate([False, True, True, False]):
+    assert ((result.answer[row] >= 0) & (result.hops[row] == 0)).any() == direct
+
+
 def test_type_match_separates_answer_types():
   names = ['ann', 'bob', 'cat', 'oslo', 'rome', 'lonely']
   triples = [('ann', 'likes', 'bob'), ('bob', 'likes', 'cat'), ('ann', 'lives_in', 'oslo'),
@@ -319,6 +348,42 @@ def test_type_match_separates_answer_types():
     evaluate.answer_types_mask(kg, 1.5)
   with pytest.raises(ValueError, match='baseline.min_type_match'):
     evaluate.answer_types_mask(kg, -0.1, 'baseline.min_type_match')
+
+
+def test_functional_mask_rules_out_entities_that_have_their_one_answer(monkeypatch):
+  # sells: each item one shop (functional); likes: many-to-many. Relation ids: sells 0, likes 1,
+  # sells⁻¹ 2, likes⁻¹ 3.
+  shops, items = ['s0', 's1'], [f'i{k}' for k in range(6)]
+  names = shops + items
+  ids = {n: i for i, n in enumerate(names)}
+  triples = [('i0', 'sold_by', 's0'), ('i1', 'sold_by', 's0'), ('i2', 'sold_by', 's1'),
+             ('i3', 'sold_by', 's1'), ('i0', 'likes', 'i1'), ('i0', 'likes', 'i4'),
+             ('i2', 'likes', 'i4'), ('i3', 'likes', 'i5')]
+  rels = ['sold_by', 'likes']
+  train = np.array([(ids[h], rels.index(r), ids[t]) for h, r, t in triples], np.int32)
+  kg = kg_lib.KnowledgeGraph(entities=names, relations=rels, train=train,
+                             valid=train[:0], test=train[:0])
+  monkeypatch.setattr(evaluate, 'FUNCTIONAL_MIN_FACTS', 1)
+  fun = evaluate.functionality(kg)
+  np.testing.assert_allclose(fun, [1.0, 3 / 4, 2 / 4, 3 / 4])  # heads / facts, per relation
+  mask = evaluate.functional_mask(kg, 0.9)
+  # (shop, sold_by⁻¹, ?): the items with a shop already are ruled out, i4 / i5 (no shop) and the
+  # entities sold_by says nothing about stay; every other query relation keeps every entity.
+  np.testing.assert_array_equal(mask[2], [ids[n] not in (2, 3, 4, 5) for n in names])
+  assert mask[[0, 1, 3]].all()
+  assert evaluate.functional_mask(kg, 0.0) is None
+  with pytest.raises(ValueError, match='decode.min_functionality'):
+    evaluate.functional_mask(kg, 1.5)
+  # Combined with the type order: both must hold; off when both are off.
+  types = evaluate.answer_types_mask(kg, 0.5)
+  np.testing.assert_array_equal(evaluate.first_answers_mask(kg, 0.5, 0.9), types & mask)
+  np.testing.assert_array_equal(evaluate.first_answers_mask(kg, 0.0, 0.9), mask)
+  assert evaluate.first_answers_mask(kg, 0.0, 0.0) is None
+  with pytest.raises(ValueError, match='baseline.min_functionality'):
+    evaluate.first_answers_mask(kg, 0.0, -1.0, 'baseline')
+  # Below FUNCTIONAL_MIN_FACTS facts no relation counts as functional.
+  monkeypatch.setattr(evaluate, 'FUNCTIONAL_MIN_FACTS', 5)
+  assert evaluate.functional_mask(kg, 0.9).all()
 
 
 def test_typed_first_shifts_only_the_untyped_group():

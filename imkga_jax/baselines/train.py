@@ -306,8 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   metrics = {}
   for split in ('valid', 'test'):
     ranked = rank_split(score, best, graph, split, b.eval_batch_size, b.max_queries,
-                        evaluate.answer_types_mask(graph, float(b.min_type_match),
-                                                   'baseline.min_type_match'))
+                        evaluate.first_answers_mask(graph, float(b.min_type_match),
+                                                    float(b.min_functionality), 'baseline'))
     metrics[split] = summarize(ranked)
   by_relation = evaluate.metrics_by_relation(  # `ranked` is the test split here.
       graph, {d: (x['relations'], x['ranks'], x['reached']) for d, x in ranked.items()})
