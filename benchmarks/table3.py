@@ -17,6 +17,8 @@ Usage:
   python benchmarks/table3.py --dataset=synthetic --study=ablations --out=/tmp/table3
   python benchmarks/table3.py --dataset=synthetic --out=/tmp/table3_long --tag=long --steps=6000 \
       --set=trajectories.image_direct_repeat=4 --baselines_from=/tmp/table3
+  python benchmarks/table3.py --dataset=synthetic --out=/tmp/table3 --tag=ordered \
+      --baseline_set=baseline.min_type_match=0.2 --baseline_set=baseline.min_functionality=0.95
 Add `--write` to put the tables into benchmarks/RESULTS.md (between markers, replacing an older copy).
 """
 import argparse
@@ -60,10 +62,13 @@ def rows_for(args) -> list[dict]:
                        + imkga))
     for m in BASELINES:
       arg = m if ds == 'synthetic' else f'{m},{ds}'
-      rows.append(dict(name=m, kind='baseline', workdir=os.path.join(baseline_out, m),
+      # Baselines with overrides get their own workdirs (`complex_<tag>`) beside the plain ones.
+      wd = os.path.join(baseline_out, f'{m}_{args.tag}' if args.baseline_set else m)
+      rows.append(dict(name=m, kind='baseline', workdir=wd,
                        argv=['-m', 'imkga_jax.baselines.train', f'--config=configs/baselines.py:{arg}',
-                             f'--workdir={os.path.join(baseline_out, m)}',
-                             f'--config.baseline.max_queries={args.max_queries}'] + data))
+                             f'--workdir={wd}',
+                             f'--config.baseline.max_queries={args.max_queries}'] + data
+                       + [f'--config.{kv}' for kv in args.baseline_set]))
     return rows
   # Ablations of the main variant (each a training run at `--steps`; the defaults ε 0.7 and α 0.6 are
   # one shared row) and the beam size (evaluations of the Table 3 run's `mkg_rl` checkpoint, trained at
@@ -277,12 +282,17 @@ def main() -> None:
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override for every IMKGA-SM row (repeatable), e.g. '
                            'trajectories.image_direct_repeat=4')
+  parser.add_argument('--baseline_set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override for every baseline row (repeatable), e.g. '
+                           'baseline.min_functionality=0.95')
   parser.add_argument('--tag', default='', help='names a second table of the same dataset: its '
                       'RESULTS.md block and PNG get this suffix')
   parser.add_argument('--baselines_from', default='', help="another --out whose baseline rows "
                       "(same commands) this table reuses instead of re-training them")
   parser.add_argument('--write', action='store_true', help='write the tables into RESULTS.md')
   args = parser.parse_args()
+  if args.baseline_set and not args.tag:
+    parser.error('--baseline_set needs --tag (the overridden baselines are a table of their own)')
   if args.dataset != 'synthetic' and not args.root:
     parser.error(f'--dataset={args.dataset} needs --root=PATH (e.g. ../shared/datasets/{args.dataset})')
   rows = rows_for(args)
