@@ -356,8 +356,8 @@ def make_decode_fn(logits_factory: Callable[[Any, dict[str, jax.Array]], decode.
       (`direct_heads_mask`); None: every head.
     direct_relations: `[2R]` bool, the query relations that may answer in the direct form
       (`direct_relations_mask`); None: every relation. Both must allow it.
-    answer_types: `[2R, E]` bool (`answer_types_mask`): per query relation, the entities that rank
-      first; the others keep their order but rank after all of them. None: no type order.
+    answer_types: `[2R, E]` bool (`first_answers_mask`): per query relation, the entities that rank
+      first; the others keep their order but rank after all of them. None: no such order.
     batch_sharding: sharding of the query batch (e.g. `sharding.batch_sharding`): decoding is then
       data parallel over the mesh, params and constraint replicated. None: plain `jax.jit`.
 

@@ -176,8 +176,9 @@ def rank_split(score: Callable, state: TrainState, graph: kg_lib.KnowledgeGraph,
 
   `max_queries >= 0` ranks the same seeded subset of triples as `evaluate.direction_queries` (so
   the figures compare with an IMKGA-SM evaluation run with the same `decode.max_queries`).
-  `answer_types` (`[2R, E]` bool, `evaluate.answer_types_mask`) ranks each query relation's typed
-  entities first, as IMKGA-SM's `decode.min_type_match` does.
+  `answer_types` (`[2R, E]` bool, `evaluate.first_answers_mask`) ranks each query relation's entities
+  of the answer type (and not ruled out by a functional inverse) first, as IMKGA-SM's
+  `decode.min_type_match` / `decode.min_functionality` do.
 
   Returns:
     `{'tail'|'head': {'ranks' [n] float, 'reached' [n] bool, 'relations' [n] int}}`; head queries are
