@@ -314,7 +314,8 @@ def main() -> None:
   kinds = relation_kinds([r['workdir'] for r in done])
   results = collect(done, kinds)
   title = f'{args.dataset}: {"Table 3" if args.study == "table3" else "ablations"}'
-  title += f' ({args.tag}: {", ".join(args.set)})' if args.tag else ''
+  settings = args.set + [f'baselines {kv}' for kv in args.baseline_set]
+  title += f' ({args.tag}: {", ".join(settings)})' if args.tag else ''
   body = markdown(args, results, kinds)
   suffix = f'_{args.tag}' if args.tag else ''
   png = os.path.join(ROOT, 'benchmarks', f'{args.study}_{args.dataset}{suffix}.png')
