@@ -1,7 +1,7 @@
 """The embedded multimodal e-commerce KG (data_prep/synthetic.py), sized for a laptop CPU.
 
 `python launch.py --config=configs/synthetic.py --workdir=/tmp/imkga` generates, prepares, trains and
-evaluates it in one go (15 to 18 minutes on a 2-core CPU; benchmarks/RESULTS.md). Departures from the
+evaluates it in one go (16 to 18 minutes on a 2-core CPU; benchmarks/RESULTS.md). Departures from the
 paper's settings, all to fit that budget, each a config key:
   * VGG16 reads 112×112 images and gives its 512-d global-average-pooled conv features (`gap`) instead of
     the 1000-d `predictions` of 224×224 inputs: a quarter of the FLOPs (348 s → 60 s here), and on this
