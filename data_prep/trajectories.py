@@ -41,7 +41,6 @@ from imkga_jax import input_pipeline
 from imkga_jax import kg as kg_lib
 from imkga_jax import rtg as rtg_lib
 
-RULES_FILE = 'rules.json'
 FEATURES_FILE = 'features.npz'
 
 
@@ -329,7 +328,7 @@ def build_trajectories(kg: kg_lib.KnowledgeGraph, config: Any, prepared_dir: str
   seed = int(config.seed)
   graph = rules_lib.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules_lib.mine_rules(kg, config, graph=graph)
-  ruleset.save(os.path.join(prepared_dir, RULES_FILE), kg)
+  ruleset.save(os.path.join(prepared_dir, kg_lib.RULES_FILE), kg)
   images = load_image_vectors(prepared_dir, kg)
   traj, stats = assemble(kg, config, graph, ruleset, images, seed)
   traj = traj.take(np.random.default_rng([seed, 53]).permutation(len(traj)))

@@ -208,9 +208,6 @@ def direct_heads_mask(kg: kg_lib.KnowledgeGraph, mode: str) -> np.ndarray | None
   return has_image
 
 
-RULES_FILE = 'rules.json'  # written by data_prep/trajectories.py into the prepared folder
-
-
 def best_rule_confidence(kg: kg_lib.KnowledgeGraph, rules_path: str) -> np.ndarray:
   """`[2R]` float32: the confidence of each query relation's best mined rule (0 without one), read
   from the prepared folder's `rules.json` (`{head name: [[confidence, [body names]], …]}`)."""
@@ -229,16 +226,21 @@ def best_rule_confidence(kg: kg_lib.KnowledgeGraph, rules_path: str) -> np.ndarr
   return best
 
 
-def direct_relations_mask(kg: kg_lib.KnowledgeGraph, below: float, rules_path: str
+def direct_relations_mask(kg: kg_lib.KnowledgeGraph, below: float, rules_path: str | None
                           ) -> np.ndarray | None:
   """`[2R] bool` query relations that may answer in the direct form `t <eos>`
   (`config.decode.direct_below_rule_confidence`): those whose best mined rule has a confidence
   below `below`. Where a strong rule answers, the direct form only adds the answer prior the model
   learned for it (couriers for (product, ships_via, ?), since no picture shows one) to the rule's
-  path. None when `below` is 0 (off)."""
+  path. None when `below` is 0 (off); `rules_path` None: no prepared folder to read them from."""
   if not 0.0 <= below <= 1.0:
     raise ValueError(f'decode.direct_below_rule_confidence={below}: expected a value in [0, 1]')
-  return None if below == 0.0 else best_rule_confidence(kg, rules_path) < below
+  if below == 0.0:
+    return None
+  if rules_path is None:
+    raise ValueError(f'decode.direct_below_rule_confidence={below} reads the mined rules of a '
+                     'prepared folder, and none was given (build_decoder(prepared_dir=...))')
+  return best_rule_confidence(kg, rules_path) < below
 
 
 def type_match(kg: kg_lib.KnowledgeGraph) -> np.ndarray:
@@ -304,7 +306,7 @@ def functional_mask(kg: kg_lib.KnowledgeGraph, min_functionality: float,
   triples = kg.with_inverses('train')
   has_fact = np.zeros((num_rel, kg.num_entities), bool)  # [2R, E]: e is a head of relation r
   has_fact[triples[:, 1], triples[:, 0]] = True
-  inverse = (np.arange(num_rel) + kg.num_relations) % num_rel  # [2R]
+  inverse = kg.inverse_relation(np.arange(num_rel))  # [2R]
   functional = functionality(kg)[inverse] >= min_functionality  # [2R]: is r's inverse functional
   return ~(functional[:, None] & has_fact[inverse])
 
@@ -616,8 +618,9 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       score_rule=config.decode.score, complete_last=config.decode.complete_last,
       finish_width=config.decode.finish_width,
       direct_heads=direct_heads_mask(kg, config.decode.direct_answers),
-      direct_relations=direct_relations_mask(kg, float(config.decode.direct_below_rule_confidence),
-                                             os.path.join(prepared_dir, RULES_FILE)),
+      direct_relations=direct_relations_mask(
+          kg, float(config.decode.direct_below_rule_confidence),
+          os.path.join(prepared_dir, kg_lib.RULES_FILE) if prepared_dir else None),
       answer_types=first_answers_mask(kg, float(config.decode.min_type_match),
                                       float(config.decode.min_functionality)),
       batch_sharding=batch_sharding)

@@ -50,6 +50,7 @@ OPENBG_IMAGES = 'OpenBG-IMG_images'
 
 VOCAB_FILE = 'vocab.json'
 TRIPLES_FILE = 'triples.npz'
+RULES_FILE = 'rules.json'  # the mined rules (data_prep/trajectories.py); decoding may read them
 
 
 class KGFormatError(ValueError):

@@ -311,6 +311,8 @@ def test_direct_answers_only_for_relations_without_a_strong_rule(tmp_path):
     evaluate.direct_relations_mask(kg, 0.5, str(tmp_path / 'absent.json'))
   with pytest.raises(ValueError, match='decode.direct_below_rule_confidence'):
     evaluate.direct_relations_mask(kg, 2.0, str(rules))
+  with pytest.raises(ValueError, match='prepared folder'):
+    evaluate.direct_relations_mask(kg, 0.5, None)
   rules.write_text(json.dumps({'nope': [[0.5, ['rel_0']]]}))
   with pytest.raises(KeyError, match='rules.json'):
     evaluate.best_rule_confidence(kg, str(rules))
