@@ -61,7 +61,8 @@ def get_config():
   config.decode.constrained = True
   config.decode.score = 'sum'
   # Finish the best 1,024 paths after each inner entity step (default 256): from a courier the mined
-  # rule served_by⁻¹ ∘ ships_from⁻¹ ends after two hops among ~540 products, more than 256.
+  # rule served_by⁻¹ ∘ ships_from⁻¹ ends after two hops among several hundred products (second KG draw:
+  # ships_via head MRR 0.505 -> 0.961, benchmarks/RESULTS.md).
   config.decode.finish_width = 1024
   config.decode.direct_answers = 'image_heads'
   config.decode.min_type_match = 0.2
