@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..')
 
 from configs import synthetic  # pylint: disable=g-import-not-at-top
 from imkga_jax import kg as kg_lib
+from imkga_jax import prepared as prepared_lib
 from imkga_jax import rtg as rtg_lib
 from imkga_jax import train
 from imkga_jax.models import imkga
@@ -48,25 +49,27 @@ def load(args):
     config[section][name] = type(config[section][name])(value)
   prepared = os.path.join(args.workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared)
-  table = {k: jnp.asarray(v) for k, v in
-           train.load_feature_table(prepared, kg.num_entities, config).items()}
+  table = {k: jnp.asarray(v) for k, v in prepared_lib.load_features(
+      prepared, kg.num_entities, config.features.fig_dim, config.features.ocr_dim).items()}
   return config, kg, table
 
 
 def step0_batch(kg, q, config, actions=None):
   """Model inputs of `(h, r)` rows `q`; actions all `<pad>` (only step 0 is read) unless given."""
-  b, length = len(q), 2 * config.trajectories.max_hops + 1
-  r_good = rtg_lib.constants_from_config(config, kg.num_relations).r_good
-  return {'head_token': kg.entity_token(q[:, 0]).astype(np.int32),
-          'relation_token': kg.relation_token(q[:, 1]).astype(np.int32),
+  b, length = len(q), prepared_lib.config_sequence_length(config)
+  r_good = rtg_lib.constants_from_config(config, kg.space).r_good
+  return {'head_token': kg.space.entity_token(q[:, 0]).astype(np.int32),
+          'relation_token': kg.space.relation_token(q[:, 1]).astype(np.int32),
           'actions': np.zeros((b, length), np.int32) if actions is None else actions,
           'rtg': np.full((b, length), r_good, np.float32),
           'target': q[:, 2].astype(np.int32), 'kind': np.ones(b, np.int32)}
 
 
 def with_features(kg, table, batch):
-  """The batch with each head's image/OCR features gathered (`train.add_features`)."""
-  return train.add_features({k: jnp.asarray(v) for k, v in batch.items()}, table, kg.entity_offset)
+  """The batch with each head's image/OCR features gathered (`prepared.head_features`)."""
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  return dict(batch, **prepared_lib.head_features(
+      table, kg.space.token_to_entity(batch['head_token'])))
 
 
 def step0_logits(model, params, inputs, answers_tok):
@@ -78,14 +81,14 @@ def step0_logits(model, params, inputs, answers_tok):
 def accuracy(logits, q, kg, answers_tok):
   """Top-1 and MRR of the true answer among `answers_tok` (ties: optimistic) from `[B, A]` logits."""
   column = {t: i for i, t in enumerate(answers_tok)}
-  true = logits[np.arange(len(q)), [column[t] for t in kg.entity_token(q[:, 2])]]
+  true = logits[np.arange(len(q)), [column[t] for t in kg.space.entity_token(q[:, 2])]]
   rank = 1 + (logits > true[:, None]).sum(1)
   return float(np.mean(rank == 1)), float(np.mean(1.0 / rank))
 
 
 def probe(args):
   config, kg, table = load(args)
-  model, params, step = train.restore_params(config, args.workdir, kg.num_tokens)
+  model, params, step = train.restore_params(config, args.workdir, kg.space.num_tokens)
   has_image = np.asarray(table['fig_present']) | np.asarray(table['ocr_present'])
   print(f'checkpoint step {step}; branch = the decoding branch ({config.decode.branch} or the only one)')
   print('| split | relation | n | answers | chance | top-1 | MRR | logit std over heads | '
@@ -99,7 +102,7 @@ def probe(args):
     triples = kg.split(split)
     for rel in PROBE_RELATIONS:
       rid = kg.relations.index(rel)
-      answers_tok = np.unique(kg.entity_token(every[every[:, 1] == rid][:, 2]))
+      answers_tok = np.unique(kg.space.entity_token(every[every[:, 1] == rid][:, 2]))
       q = triples[(triples[:, 1] == rid) & has_image[triples[:, 0]]][:args.max_rows]
       if not len(q):
         continue
@@ -125,19 +128,19 @@ def isolated(args):
   q = triples[(triples[:, 1] == rid) & present[triples[:, 0]]]
   held = kg.split('test')
   held = held[(held[:, 1] == rid) & present[held[:, 0]]]
-  answers_tok = np.unique(kg.entity_token(np.concatenate([q, held])[:, 2]))
-  model = imkga.build_model(config, kg.num_tokens)
+  answers_tok = np.unique(kg.space.entity_token(np.concatenate([q, held])[:, 2]))
+  model = imkga.build_model(config, kg.space.num_tokens)
   tx = train.make_optimizer(config, model.branches)
-  params = model.init(jax.random.key(config.seed), train.example_inputs(config), train=False)
+  params = model.init(jax.random.key(config.seed), imkga.dummy_inputs(model.config, 2), train=False)
   params = jax.tree.map(lambda x: getattr(x, 'value', x), params['params'],
                         is_leaf=lambda x: hasattr(x, 'value'))
   state = train.TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))
   step_fn = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
-                                      entity_offset=kg.entity_offset))
+                                      entity_offset=kg.space.entity_offset))
 
   def direct(rows):
-    actions = np.zeros((len(rows), 2 * config.trajectories.max_hops + 1), np.int32)
-    actions[:, 0], actions[:, 1] = kg.entity_token(rows[:, 2]), kg_lib.EOS
+    actions = np.zeros((len(rows), prepared_lib.config_sequence_length(config)), np.int32)
+    actions[:, 0], actions[:, 1] = kg.space.entity_token(rows[:, 2]), kg_lib.EOS
     return step0_batch(kg, rows, config, actions)
 
   names = tuple(model.branches)

@@ -53,7 +53,7 @@ def exact_check(kg, config) -> dict:
           'mean_abs_diff': round(float(np.abs(a - b).mean()), 4)}
 
 
-def run_one(root: str, repeats: int, write: bool, blas_threads: int, check: bool) -> dict:
+def run_one(root: str, repeats: int, write: bool, check: bool) -> dict:
   """Measures one dataset in this process (called in the child)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -62,7 +62,6 @@ def run_one(root: str, repeats: int, write: bool, blas_threads: int, check: bool
   from imkga_jax import kg as kg_lib  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
-  config.rules.blas_threads = blas_threads
   with tempfile.TemporaryDirectory() as tmp:
     if root == 'synthetic':
       from data_prep import synthetic  # pylint: disable=g-import-not-at-top
@@ -74,10 +73,10 @@ def run_one(root: str, repeats: int, write: bool, blas_threads: int, check: bool
   times, mine_times, ground_times = [], [], []
   for _ in range(repeats):
     start = time.perf_counter()
-    graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+    graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
     ruleset = rules.mine_rules(kg, config, graph=graph)
     mined = time.perf_counter()
-    paths = rules.ground_paths(graph, ruleset, queries,
+    paths = grounding.ground_paths(graph, ruleset, queries,
                                paths_per_triple=config.rules.paths_per_triple,
                                paths_per_rule=config.rules.paths_per_rule,
                                fanout=config.rules.grounding_fanout, seed=config.seed,
@@ -122,19 +121,16 @@ def main(argv=None) -> None:
                       help='comma-separated raw KG folders')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--write', action='store_true', help='also time the whole stage once')
-  parser.add_argument('--blas_threads', type=int, default=1,
-                      help='config.rules.blas_threads (0 = leave OpenBLAS as it is)')
   parser.add_argument('--exact_check', action='store_true',
                       help='also compare sampled with exact rule scoring')
   parser.add_argument('--one', default='', help=argparse.SUPPRESS)  # child mode
   args = parser.parse_args(argv)
   if args.one:
-    result = run_one(args.one, args.repeats, args.write, args.blas_threads, args.exact_check)
+    result = run_one(args.one, args.repeats, args.write, args.exact_check)
     print('RESULT ' + json.dumps(result), flush=True)
     return
   for root in args.datasets.split(','):
-    cmd = [sys.executable, __file__, f'--one={root}', f'--repeats={args.repeats}',
-           f'--blas_threads={args.blas_threads}']
+    cmd = [sys.executable, __file__, f'--one={root}', f'--repeats={args.repeats}']
     cmd += ['--write'] if args.write else []
     cmd += ['--exact_check'] if args.exact_check else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,

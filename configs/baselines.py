@@ -12,11 +12,12 @@ the per-model sections hold the usual settings of each model's paper, scaled dow
 import ml_collections
 
 from configs import default
-from configs import kinship
+from configs import structure
 from configs import synthetic
-from configs import umls
 
-BASES = {'synthetic': synthetic, 'umls': umls, 'kinship': kinship, 'default': default}
+# Dataset configs the baselines start from (the same data and ranking priors as IMKGA-SM).
+BASES = {'synthetic': synthetic.get_config, 'default': default.get_config,
+         **{name: (lambda n=name: structure.get_config(n)) for name in structure.SIZES if name}}
 
 # Per model: embedding size, training mode, loss and regularisation defaults, and the model's own
 # hyper-parameters (fields of the flax module in imkga_jax/baselines/models.py).
@@ -52,7 +53,7 @@ BASE_OVERRIDES = {
 
 
 def get_config(arg: str = 'complex,synthetic') -> ml_collections.ConfigDict:
-  """`arg` = 'MODEL' or 'MODEL,BASE' (BASE: synthetic (default), umls, kinship or default)."""
+  """`arg` = 'MODEL' or 'MODEL,BASE' (BASE: synthetic (default), umls, kinship, wn18rr or default)."""
   parts = [p.strip() for p in arg.split(',')]
   model = parts[0]
   base = parts[1] if len(parts) > 1 else 'synthetic'
@@ -60,7 +61,7 @@ def get_config(arg: str = 'complex,synthetic') -> ml_collections.ConfigDict:
     raise ValueError(f'configs/baselines.py: argument {arg!r} must be MODEL[,BASE] with MODEL in '
                      f'{sorted(MODEL_DEFAULTS)} and BASE in {sorted(BASES)}, e.g. "transe,umls"')
   # The base is left unchanged (same prepared data as IMKGA-SM); baselines read only vocab + triples.
-  config = BASES[base].get_config()
+  config = BASES[base]()
   d = MODEL_DEFAULTS[model]
 
   config.baseline = b = ml_collections.ConfigDict()
@@ -93,15 +94,9 @@ def get_config(arg: str = 'complex,synthetic') -> ml_collections.ConfigDict:
   # Queries per scoring call during evaluation.
   b.eval_batch_size = 512
   # Final valid/test evaluation on this many triples per split (the seeded subset of
-  # evaluate.direction_queries, as decode.max_queries does for IMKGA-SM); -1 = all. Early stopping
-  # always uses the whole valid split.
+  # ranking.direction_queries, as decode.max_queries does for IMKGA-SM); -1 = all. Early stopping
+  # always uses the whole valid split. The ranking priors are the dataset config's ranking.priors.
   b.max_queries = -1
-  # Rank entities unlike the query relation's train answers last, as IMKGA-SM's
-  # decode.min_type_match (imkga_jax/evaluate.py); 0 = off, the standard protocol.
-  b.min_type_match = 0.0
-  # Rank entities that already have their one answer of a functional inverse relation last, as
-  # IMKGA-SM's decode.min_functionality; 0 = off, the standard protocol.
-  b.min_functionality = 0.0
   # Show a tqdm progress bar over epochs.
   b.progress_bar = True
   # Model-specific fields of the flax module (see imkga_jax/baselines/models.py).

@@ -1,13 +1,53 @@
 """Default configuration: every key the project reads, with a comment above each.
 
-Dataset files (`synthetic.py`, `openbg.py`, `umls.py`, `kinship.py`) start from this one and
-override what differs. Override any key from the command line:
+Dataset files (`synthetic.py`, `openbg.py`, `structure.py`) start from this one and override what
+differs. Override any key from the command line:
 `python launch.py --config=configs/synthetic.py --config.train.num_steps=500 --workdir=W`.
+`get_config('smoke')` (`--config=configs/default.py:smoke`, and `:smoke` of every dataset file)
+shrinks everything to a run of seconds, as big_vision's `runlocal`: the tests use it.
 """
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The defaults; `arg='smoke'` shrinks them (`smoke`)."""
+  config = _defaults()
+  return smoke(config) if arg == 'smoke' else config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks `config` in place to a run of seconds (tiny model, few steps, small beam); returns it."""
+  config.synthetic.num_products = 40
+  config.synthetic.num_imageless_products = 40
+  config.synthetic.num_brands = 6
+  config.synthetic.num_shops = 6
+  config.synthetic.num_regions = 3
+  config.synthetic.num_couriers = 2
+  config.synthetic.image_size = 64
+  config.features.vgg_image_size = 32
+  config.features.vgg_layer = 'gap'
+  config.features.ae_steps = 20
+  config.rules.num_walks = 2000
+  config.rules.paths_per_triple = 2
+  config.trajectories.num_shards = 2
+  config.model.emb_dim = 32
+  config.model.num_layers = 1
+  config.model.num_heads = 2
+  config.model.mlp_dim = 64
+  config.train.batch_size = 16
+  config.train.num_steps = 6
+  config.train.log_every = 3
+  config.train.checkpoint_every = 3
+  config.train.shuffle_buffer = 64
+  config.optim.warmup_steps = 2
+  config.decode.beam_size = 8
+  config.decode.batch_size = 8
+  config.decode.finish_width = 16
+  config.decode.max_queries = 6
+  return config
+
+
+def _defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Global seed: data generation, sampling, initialisation and training all derive from it.
   config.seed = 0
@@ -41,8 +81,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.synthetic.num_couriers = 5
   # Share of image products with one image-only fact (brand/colour/category) in valid, and in test.
   config.synthetic.image_only_fraction = 0.15
-  # JPEG quality of the rendered product images (fixed, so output bytes are deterministic).
-  config.synthetic.jpeg_quality = 90
 
   # ---------------------------------------------------------------- entity features (issue 3)
   config.features = ml_collections.ConfigDict()
@@ -94,8 +132,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.rules.max_pairs_per_product = 2_000_000
   # Graphs with at most this many entities are scored exactly with dense matmuls (E^2 per matrix).
   config.rules.dense_max_entities = 256
-  # OpenBLAS threads while scoring (its GEMMs are small; spare threads spin on a busy CPU). 0 = as is.
-  config.rules.blas_threads = 1
   # Random walks sampled per body length (2, 3) to propose rule bodies, spread evenly over heads.
   config.rules.num_walks = 200_000
   # Most sampled candidate bodies kept per head relation and length before scoring.
@@ -130,8 +166,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.trajectories.image_direct_min_confidence = 0.0
   # TFRecord shards written (>= number of processes that will read them).
   config.trajectories.num_shards = 8
-  # Threads of the tf.data reader (its private pool; keeps TF from taking every core).
-  config.trajectories.reader_threads = 2
 
   # ---------------------------------------------------------------- return-to-go (Eq. 8-12)
   config.rtg = ml_collections.ConfigDict()
@@ -155,8 +189,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.mlp_dim = 1024
+  # Dropout on the embeddings, after attention and feed-forward, and on the attention weights.
   config.model.dropout_rate = 0.1
-  config.model.attention_dropout_rate = 0.1
   # Computation dtype ('float32' or 'bfloat16'); parameters stay float32.
   config.model.dtype = 'float32'
 
@@ -233,38 +267,31 @@ def get_config() -> ml_collections.ConfigDict:
   # Branch whose logits decode ('concat', 'fig' or 'ocr').
   config.decode.branch = 'concat'
   # Only emit valid moves in the TRAIN graph with inverses (imkga_jax/decode.py); the first action
-  # may also be any entity (the direct `t <eos>` form the model is trained on).
+  # may also be any entity (the direct `t <eos>` form, offered to the queries preparation trained it
+  # for: prepared/format.json).
   config.decode.constrained = False
-  # Entity score from the finished beams (imkga_jax/evaluate.py `entity_scores`): 'max' = the best
-  # length-normalised path (SQUIRE), 'sum' = log of the summed probability of the paths reaching it.
-  config.decode.score = 'max'
-  # Score every entity the last step allows after each live prefix (its full-length paths are exact:
-  # only <eos> can follow), not only the beam's best `beam_size` (imkga_jax/decode.py). Test MRR of
-  # the Table 3 checkpoints, off -> on: synthetic mkg_rl 0.646 -> 0.661, umls rl 0.758 -> 0.779,
-  # kinship rl 0.634 -> 0.648 (benchmarks/RESULTS.md).
-  config.decode.complete_last = True
-  # Finish the best `finish_width` paths (not only the beam's) after each inner entity step, at one more
-  # model call on batch * finish_width rows per such step (0 or <= beam_size = off; imkga_jax/decode.py).
-  # Test MRR with complete_last, 0 -> 256: synthetic mkg_rl 0.661 -> 0.689, umls rl 0.779 -> 0.806,
-  # kinship rl 0.648 -> 0.652, for about twice the decoding time.
+  # How an entity's finished paths make its score: 'max' (its best path) or 'sum' (log of the summed
+  # probability of the paths reaching it), and whether a path's log-probability is divided by its
+  # hops first. SQUIRE's rule is ('max', True).
+  config.decode.aggregation = 'max'
+  config.decode.length_norm = True
+  # Endings (a live prefix + an entity) finished at each inner entity step: the best `finish_width`
+  # (one more model call on batch * finish_width rows), not only the beam's (<= beam_size = the
+  # beam's own; imkga_jax/decode.py).
   config.decode.finish_width = 256
-  # Which queries may answer in the direct form `t <eos>` (imkga_jax/evaluate.py `direct_heads_mask`):
-  # 'all' or 'image_heads' (those whose head has an image).
-  config.decode.direct_answers = 'all'
-  # ... and only query relations whose best mined rule (prepared/rules.json) has a confidence below
-  # this (evaluate.direct_relations_mask); 0 = no such limit.
-  config.decode.direct_below_rule_confidence = 0.0
-  # Rank entities unlike the query relation's train answers (evaluate.type_match < this) after the
-  # others, each group in score order; 0 = off.
-  config.decode.min_type_match = 0.0
-  # Partial completeness: for query relation r whose inverse has AMIE functionality >= this on train
-  # (evaluate.functional_mask), entities that already have their one inverse answer rank after the
-  # others, each group in score order; 0 = off.
-  config.decode.min_functionality = 0.0
+  # At the last entity step only <eos> can follow: finish every ending there (exact, no model call),
+  # not only the beam's.
+  config.decode.complete_last = True
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).
   config.decode.max_queries = -1
   # Splits --mode=eval evaluates, comma-separated.
   config.decode.splits = 'valid,test'
+
+  # ---------------------------------------------------------------- ranking (imkga_jax/ranking.py)
+  config.ranking = ml_collections.ConfigDict()
+  # Opt-in ranking priors applied to every model alike, IMKGA-SM and the baselines
+  # (imkga_jax/priors.py): 'answer_type=M', 'functional_inverse=F'. () = the standard protocol.
+  config.ranking.priors = ()
   return config

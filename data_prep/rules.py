@@ -23,14 +23,6 @@ Mining (`mine_rules`):
 4. A rule is kept when support ≥ `min_support` and confidence ≥ `min_confidence`; each head keeps its
    `max_rules_per_head` best (confidence, then support, then shorter body).
 
-Grounding (`ground_paths`): for every query (X, h, Y) (train triples and their inverses), the rules of
-h are instantiated best first, from X or from Y, whichever side has the smaller first fan-out,
-following at most `grounding_fanout` neighbours per step (a seeded sample beyond it);
-`paths_per_rule` random instantiations that reach Y are kept per rule until `paths_per_triple` paths
-exist. The query's own edge is never used: a length-1 body differs from its head, and longer bodies
-require X, A1, …, Y to be distinct, so they cannot contain the edge X→Y or Y→X. Queries left without a
-path become the direct trajectory.
-
 Example:
   >>> ruleset = mine_rules(kg, config)                                    # doctest: +SKIP
   >>> ruleset.save('rules.json', kg); ruleset.rules[kg.relation_id('ships_from')][0]  # doctest: +SKIP
@@ -39,8 +31,6 @@ Example:
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -50,178 +40,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+import threadpoolctl
 import tqdm
 
+from data_prep.train_graph import TrainGraph
+from data_prep.train_graph import explode
 from imkga_jax import kg as kg_lib
 
-
-@contextlib.contextmanager
-def limit_blas_threads(num_threads: int):
-  """Caps the threads of every loaded OpenBLAS while inside (Linux; elsewhere a logged no-op).
-
-  The dense scorer runs thousands of small GEMMs; on a busy 2-core box OpenBLAS's spinning worker
-  thread made Kinship mining 10x slower (25 s vs 2.5 s, benchmarks/RESULTS.md). `num_threads <= 0`
-  leaves BLAS alone.
-  """
-  restore = []
-  if num_threads > 0 and os.path.exists('/proc/self/maps'):
-    with open('/proc/self/maps', encoding='utf-8', errors='replace') as f:
-      paths = sorted({line.split()[-1] for line in f if 'openblas' in line.rsplit('/', 1)[-1]})
-    for path in paths:
-      lib = ctypes.CDLL(path)
-      for prefix, suffix in (('scipy_', '64_'), ('scipy_', ''), ('', '64_'), ('', '')):
-        get = getattr(lib, f'{prefix}openblas_get_num_threads{suffix}', None)
-        put = getattr(lib, f'{prefix}openblas_set_num_threads{suffix}', None)
-        if get is not None and put is not None:
-          restore.append((put, get()))
-          put(num_threads)
-          break
-  if num_threads > 0 and not restore:
-    logging.info('rules: no OpenBLAS found to limit to %d threads; BLAS runs as configured',
-                 num_threads)
-  try:
-    yield
-  finally:
-    for put, value in restore:
-      put(value)
-
-
-# Largest (entity, relation) table kept as a direct CSR index of the train graph (int64 entries).
-CSR_INDEX_LIMIT = 1 << 24
 # Largest 2R·E² of the dense scorer's adjacency tensor (float32 entries; it keeps three copies).
 DENSE_LIMIT = 1 << 24
-
-
-def _explode(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """For ranges `[lo_i, hi_i)`: `(owner i, index)` of every element, in order."""
-  counts = (hi - lo).astype(np.int64)
-  owner = np.repeat(np.arange(len(lo)), counts)
-  starts = np.cumsum(counts) - counts
-  index = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts - lo, counts)
-  return owner, index
-
-
-class TrainGraph:
-  """The train graph with inverses (deduplicated, self-loops dropped) and vectorised look-ups.
-
-  Attributes:
-    num_entities: E.  num_relations2: 2R (relation ids with inverses).
-    src, rel, dst: `[m]` edges sorted by (src, rel, dst).
-  """
-
-  def __init__(self, triples: np.ndarray, num_entities: int, num_relations: int):
-    triples = np.asarray(triples, np.int64).reshape(-1, 3)
-    self.num_entities, self.num_relations2 = int(num_entities), 2 * int(num_relations)
-    e, r2 = self.num_entities, self.num_relations2
-    both = np.concatenate([triples, np.stack([triples[:, 2], triples[:, 1] + num_relations,
-                                              triples[:, 0]], 1)])
-    loops = both[:, 0] == both[:, 2]
-    self.num_self_loops = int(loops.sum()) // 2
-    if self.num_self_loops:
-      logging.warning('rules: %d train triples are self-loops (h == t); they are left out of rule '
-                      'mining and grounding', self.num_self_loops)
-    both = both[~loops]
-    self.key3 = np.unique((both[:, 0] * r2 + both[:, 1]) * e + both[:, 2])  # [m] sorted
-    self.src_rel = self.key3 // e  # [m] src * 2R + rel, sorted
-    self.src, self.rel, self.dst = self.src_rel // r2, self.src_rel % r2, self.key3 % e
-    self.src_indptr = np.searchsorted(self.src, np.arange(e + 1))
-    pair = self.src * e + self.dst
-    order = np.argsort(pair, kind='stable')
-    self.pair_keys, self.pair_rels = pair[order], self.rel[order]  # sorted by (X, Y)
-    self.rel_order = np.argsort(self.rel, kind='stable')
-    self.rel_indptr = np.searchsorted(self.rel[self.rel_order], np.arange(r2 + 1))
-    self._adj: dict[int, sp.csr_matrix] = {}
-    self._bitmasks: list[sp.csr_matrix] | None = None
-    self._two_cycles: dict[tuple[int, int], np.ndarray] = {}
-    self._out_degree: dict[int, np.ndarray] = {}
-    # Direct (src, rel) -> edge range index when it fits in CSR_INDEX_LIMIT entries, else searchsorted.
-    self._src_rel_indptr = None
-    if e * r2 + 1 <= CSR_INDEX_LIMIT:
-      self._src_rel_indptr = np.searchsorted(self.src_rel, np.arange(e * r2 + 1)).astype(np.int64)
-
-  @property
-  def num_edges(self) -> int:
-    return len(self.key3)
-
-  def inverse(self, rel):
-    return (np.asarray(rel) + self.num_relations2 // 2) % self.num_relations2
-
-  def neighbour_range(self, nodes, rels) -> tuple[np.ndarray, np.ndarray]:
-    """`[lo, hi)` positions of the `rels`-neighbours of `nodes` in `dst` (broadcast)."""
-    key = np.asarray(nodes, np.int64) * self.num_relations2 + np.asarray(rels, np.int64)
-    if self._src_rel_indptr is not None:
-      return self._src_rel_indptr[key], self._src_rel_indptr[key + 1]
-    return (np.searchsorted(self.src_rel, key, 'left'), np.searchsorted(self.src_rel, key, 'right'))
-
-  def degree(self, nodes, rels) -> np.ndarray:
-    lo, hi = self.neighbour_range(nodes, rels)
-    return hi - lo
-
-  def has_edge(self, src, rel, dst) -> np.ndarray:
-    key = (np.asarray(src, np.int64) * self.num_relations2 + rel) * self.num_entities + dst
-    pos = np.minimum(np.searchsorted(self.key3, key), max(len(self.key3) - 1, 0))
-    return (self.key3[pos] == key) if len(self.key3) else np.zeros(np.shape(key), bool)
-
-  def relations_between(self, src, dst) -> tuple[np.ndarray, np.ndarray]:
-    """Every relation linking `src[i] → dst[i]`: `(i, relation)` pairs."""
-    key = np.asarray(src, np.int64) * self.num_entities + dst
-    owner, index = _explode(np.searchsorted(self.pair_keys, key, 'left'),
-                            np.searchsorted(self.pair_keys, key, 'right'))
-    return owner, self.pair_rels[index]
-
-  def expand(self, nodes, rels, cap: int | None, rng: np.random.Generator | None):
-    """Neighbours of `nodes[i]` via `rels[i]`: `(i, neighbour)`; ≤ `cap` sampled ones per node.
-
-    Above `cap` the neighbours are drawn with replacement (callers deduplicate their results).
-    """
-    lo, hi = self.neighbour_range(nodes, rels)
-    deg = hi - lo
-    take = deg if cap is None else np.minimum(deg, cap)
-    owner, index = _explode(lo, lo + take)
-    if cap is not None and np.any(deg > cap):
-      big = deg[owner] > cap
-      index[big] = lo[owner[big]] + (rng.random(int(big.sum())) * deg[owner[big]]).astype(np.int64)
-    return owner, self.dst[index]
-
-  def adjacency(self, rel: int) -> sp.csr_matrix:
-    """`[E, E]` float32 0/1 matrix of relation `rel` (cached)."""
-    if rel not in self._adj:
-      pos = self.rel_order[self.rel_indptr[rel]:self.rel_indptr[rel + 1]]
-      e = self.num_entities
-      self._adj[rel] = sp.csr_matrix((np.ones(len(pos), np.float32), (self.src[pos], self.dst[pos])),
-                                     shape=(e, e))
-    return self._adj[rel]
-
-  def relation_bitmasks(self) -> list[sp.csr_matrix]:
-    """`[E, E]` int64 matrices; bit `h % 62` of word `h // 62` is set where `X -h-> Y` (cached)."""
-    if self._bitmasks is None:
-      self._bitmasks = []
-      e = self.num_entities
-      for w in range(0, self.num_relations2, 62):
-        sel = (self.rel >= w) & (self.rel < w + 62)
-        bits = np.left_shift(np.int64(1), (self.rel[sel] - w).astype(np.int64))
-        mat = sp.coo_matrix((bits, (self.src[sel], self.dst[sel])), shape=(e, e)).tocsr()  # sums
-        self._bitmasks.append(mat)  # distinct edges → distinct bits, so the sum is the OR
-    return self._bitmasks
-
-  def two_cycles(self, r1: int, r2: int) -> np.ndarray:
-    """`[E]` float: `#B` with `y -r1-> B -r2-> y` for every entity y (cached)."""
-    if (r1, r2) not in self._two_cycles:
-      both = self.adjacency(r1).multiply(self.adjacency(int(self.inverse(r2))))
-      self._two_cycles[(r1, r2)] = np.asarray(both.sum(1), np.float64).ravel()
-    return self._two_cycles[(r1, r2)]
-
-  def out_degree(self, rel: int) -> np.ndarray:
-    """`[E]` float32 number of `rel` out-edges of every entity (cached)."""
-    if rel not in self._out_degree:
-      pos = self.rel_order[self.rel_indptr[rel]:self.rel_indptr[rel + 1]]
-      degree = np.bincount(self.src[pos], minlength=self.num_entities)
-      self._out_degree[rel] = degree.astype(np.float32)
-    return self._out_degree[rel]
-
-  def start_rows(self, rel: int) -> np.ndarray:
-    """Entities with at least one `rel` out-edge."""
-    return np.flatnonzero(self.out_degree(rel) > 0)
 
 
 @dataclasses.dataclass
@@ -272,7 +99,7 @@ def _length1_scores(g: TrainGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   sizes = np.diff(np.r_[starts, len(g.pair_keys)])
   group_start = np.repeat(starts, sizes)  # [m] start of each edge's (X, Y) group
   group_size = np.repeat(sizes, sizes)
-  i, offset = _explode(np.zeros(len(group_size), np.int64), group_size)
+  i, offset = explode(np.zeros(len(group_size), np.int64), group_size)
   j = group_start[i] + offset
   keep = i != j
   body, head = g.pair_rels[j[keep]], g.pair_rels[i[keep]]
@@ -423,7 +250,9 @@ def _score_bodies(g: TrainGraph, bodies: np.ndarray, cfg, rng: np.random.Generat
     groups[tuple(body[:-1])].append(i)
   progress = tqdm.tqdm(sorted(groups.items()), desc=f'scoring {bodies.shape[1]}-hop bodies',
                        leave=False, mininterval=2.0)
-  with limit_blas_threads(int(cfg.blas_threads)):
+  # The dense scorer runs thousands of small GEMMs; on a busy 2-core box OpenBLAS's spinning
+  # worker threads made Kinship mining 10x slower (benchmarks/RESULTS.md): one BLAS thread here.
+  with threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
     for prefix, idx in progress:
       idx = np.asarray(idx)
       lasts = bodies[idx, -1]
@@ -494,105 +323,3 @@ def mine_rules(kg: kg_lib.KnowledgeGraph, config: Any, graph: TrainGraph | None 
   logging.info('rules: %d rules over %d heads (%s) in %.1f s', stats['rules'], len(rules),
                stats['rules_per_length'], stats['mining_seconds'])
   return RuleSet(rules, stats)
-
-
-# ==================================================================== grounding
-@dataclasses.dataclass
-class Groundings:
-  """Grounded rule paths. Path i answers query `query[i]` in `hops[i]` hops: relations
-  `relations[i, :hops]` through entities `entities[i, :hops]` (the last one is the query's tail);
-  unused slots hold -1. `confidence[i]` is the confidence of the rule it instantiates."""
-  query: np.ndarray  # [m] int64 index into the queries array
-  relations: np.ndarray  # [m, max_length] int64
-  entities: np.ndarray  # [m, max_length] int64
-  hops: np.ndarray  # [m] int64
-  confidence: np.ndarray  # [m] float64
-
-
-def _walk_body(g: TrainGraph, x: np.ndarray, y: np.ndarray, body: Sequence[int], fanout: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """Instantiations of `body` from `x[i]` that reach `y[i]` with distinct entities: `(i, [m, n-1])`."""
-  owner = np.arange(len(x))
-  nodes = np.zeros((len(x), 0), np.int64)
-  cur = x
-  for rel in body[:-1]:
-    parent, nxt = g.expand(cur, rel, fanout, rng)
-    owner, nodes = owner[parent], nodes[parent]
-    ok = (nxt != x[owner]) & (nxt != y[owner])
-    for k in range(nodes.shape[1]):
-      ok &= nxt != nodes[:, k]
-    owner, nodes, cur = owner[ok], np.concatenate([nodes[ok], nxt[ok, None]], 1), nxt[ok]
-  hit = g.has_edge(cur, body[-1], y[owner])
-  owner, nodes = owner[hit], nodes[hit]
-  if nodes.shape[1] and len(owner):  # sampling with replacement may repeat an instantiation
-    uniq = np.unique(np.concatenate([owner[:, None], nodes], 1), axis=0)
-    owner, nodes = uniq[:, 0], uniq[:, 1:]
-  return owner, nodes
-
-
-def _instantiate(g: TrainGraph, x, y, body: tuple[int, ...], fanout: int, rng):
-  """`_walk_body` from X or, reversed, from Y — whichever first step fans out less, per query."""
-  forward = g.degree(x, body[0]) <= g.degree(y, g.inverse(body[-1]))
-  fi, bi = np.flatnonzero(forward), np.flatnonzero(~forward)
-  o1, n1 = _walk_body(g, x[fi], y[fi], body, fanout, rng)
-  rev = tuple(int(r) for r in g.inverse(np.asarray(body[::-1])))
-  o2, n2 = _walk_body(g, y[bi], x[bi], rev, fanout, rng)
-  return np.concatenate([fi[o1], bi[o2]]), np.concatenate([n1, n2[:, ::-1]])
-
-
-def ground_paths(graph: TrainGraph, ruleset: RuleSet, queries: np.ndarray, *, paths_per_triple: int,
-                 paths_per_rule: int = 1, fanout: int = 64, seed: int = 0,
-                 max_length: int = 3) -> Groundings:
-  """Grounds every query `(x, h, y)` with the rules of `h`, best first (see the module docstring).
-
-  Args:
-    graph: `TrainGraph` of the train split.
-    ruleset: mined rules.
-    queries: `[q, 3]` (head, relation in `[0, 2R)`, tail) — usually `kg.with_inverses('train')`.
-    paths_per_triple: k, the most distinct paths kept per query.
-    paths_per_rule: instantiations kept per rule and query (drawn at random among those found).
-    fanout: neighbours followed per step (a seeded sample with replacement beyond it).
-    seed: the result is a deterministic function of the inputs and the seed.
-    max_length: width of the returned arrays (≥ the longest rule body).
-
-  Returns:
-    `Groundings`, grouped by head relation, then rule rank.
-  """
-  rng = np.random.default_rng([int(seed), 43])
-  queries = np.asarray(queries, np.int64)
-  count = np.zeros(len(queries), np.int64)
-  out_q, out_rel, out_ent, out_hops, out_conf = [], [], [], [], []
-  heads = [h for h in sorted(ruleset.rules) if ruleset.rules[h]]
-  for head in tqdm.tqdm(heads, desc='grounding paths', leave=False, mininterval=2.0):
-    mine = np.flatnonzero((queries[:, 1] == head) & (queries[:, 0] != queries[:, 2]))
-    for confidence, body in ruleset.rules[head]:
-      if len(body) > max_length:
-        raise ValueError(f'rule body {body} is longer than max_length={max_length}; set '
-                         'config.rules.max_length <= config.trajectories.max_hops')
-      active = mine[count[mine] < paths_per_triple]
-      if not len(active):
-        break
-      local, nodes = _instantiate(graph, queries[active, 0], queries[active, 2], body, fanout, rng)
-      if not len(local):
-        continue
-      order = np.lexsort((rng.random(len(local)), local))  # random order inside each query
-      local, nodes = local[order], nodes[order]
-      rank = np.arange(len(local)) - np.searchsorted(local, local)
-      q = active[local]
-      keep = rank < np.minimum(paths_per_rule, paths_per_triple - count[q])
-      q, nodes = q[keep], nodes[keep]
-      np.add.at(count, q, 1)
-      n = len(body)
-      rel = np.full((len(q), max_length), -1, np.int64)
-      ent = np.full((len(q), max_length), -1, np.int64)
-      rel[:, :n] = body
-      ent[:, :n - 1] = nodes
-      ent[:, n - 1] = queries[q, 2]
-      out_q.append(q), out_rel.append(rel), out_ent.append(ent), out_hops.append(np.full(len(q), n))
-      out_conf.append(np.full(len(q), float(confidence)))
-  if not out_q:
-    empty = np.zeros((0, max_length), np.int64)
-    return Groundings(np.zeros(0, np.int64), empty, empty.copy(), np.zeros(0, np.int64),
-                      np.zeros(0, np.float64))
-  return Groundings(np.concatenate(out_q), np.concatenate(out_rel), np.concatenate(out_ent),
-                    np.concatenate(out_hops), np.concatenate(out_conf))

@@ -17,7 +17,8 @@ Stored features, packed into three because TFDS serialises each feature of each 
 (a 50k-example trial here wrote 3.7k examples/s with seven features, 7k/s with three):
   query [4] int32 = (head_token, relation_token, target entity id, kind);
   actions [L] int32; rtg [2, L] float32 = (true similarity, target unknown).
-`imkga_jax.input_pipeline` unpacks them into the contract's keys.
+`imkga_jax.input_pipeline` unpacks them into the contract's keys (`imkga_jax.prepared` holds the
+format both sides share; `format.json` records the sequence length and the direct form's reach).
 
 Example:
   >>> stats = build_trajectories(kg, config, '/tmp/w/prepared')          # doctest: +SKIP
@@ -36,12 +37,12 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_prep import grounding
 from data_prep import rules as rules_lib
-from imkga_jax import input_pipeline
+from data_prep import train_graph
 from imkga_jax import kg as kg_lib
+from imkga_jax import prepared as prepared_lib
 from imkga_jax import rtg as rtg_lib
-
-FEATURES_FILE = 'features.npz'
 
 
 @dataclasses.dataclass
@@ -69,13 +70,13 @@ def path_actions(kg: kg_lib.KnowledgeGraph, relations: np.ndarray, entities: np.
     raise ValueError(f'paths of {hops} hops need {2 * hops + 1} tokens, more than L={seq_len}')
   out = np.full((m, seq_len), kg_lib.PAD, np.int32)
   used = relations >= 0  # [m, H]
-  out[:, 0:2 * hops:2] = np.where(used, kg.relation_token(relations), kg_lib.PAD)
-  out[:, 1:2 * hops:2] = np.where(used, kg.entity_token(entities), kg_lib.PAD)
+  out[:, 0:2 * hops:2] = np.where(used, kg.space.relation_token(relations), kg_lib.PAD)
+  out[:, 1:2 * hops:2] = np.where(used, kg.space.entity_token(entities), kg_lib.PAD)
   out[np.arange(m), 2 * used.sum(1)] = kg_lib.EOS
   return out
 
 
-def sample_negative_walks(graph: rules_lib.TrainGraph, queries: np.ndarray, num: int, max_hops: int,
+def sample_negative_walks(graph: train_graph.TrainGraph, queries: np.ndarray, num: int, max_hops: int,
                           rng: np.random.Generator, max_rounds: int = 8):
   """Random walks from the heads of random queries that miss their tails.
 
@@ -123,7 +124,7 @@ def sample_negative_walks(graph: rules_lib.TrainGraph, queries: np.ndarray, num:
 def load_image_vectors(prepared_dir: str,
                        kg: kg_lib.KnowledgeGraph) -> tuple[np.ndarray, np.ndarray] | None:
   """Unit-normalised `image_vector` rows and `image_present` from features.npz, or None if absent."""
-  path = os.path.join(prepared_dir, FEATURES_FILE)
+  path = prepared_lib.path(prepared_dir, prepared_lib.FEATURES_FILE)
   if not os.path.exists(path):
     return None
   with np.load(path) as f:
@@ -144,8 +145,8 @@ def image_similarity(actions: np.ndarray, target: np.ndarray, kg: kg_lib.Knowled
   if images is None:
     return sim, known
   unit, present = images
-  rows, cols = np.nonzero(kg.is_entity_token(actions))
-  ent = kg.token_to_entity(actions[rows, cols])
+  rows, cols = np.nonzero(kg.space.is_entity(actions))
+  ent = kg.space.token_to_entity(actions[rows, cols])
   tgt = target[rows]
   ok = present[ent] & present[tgt]
   rows, cols, ent, tgt = rows[ok], cols[ok], ent[ok], tgt[ok]
@@ -181,14 +182,14 @@ def image_head_mask(kg: kg_lib.KnowledgeGraph, queries: np.ndarray) -> np.ndarra
   return kg.has_image()[queries[:, 0]]
 
 
-def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph,
+def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: train_graph.TrainGraph,
              ruleset: rules_lib.RuleSet, images, seed: int) -> tuple[Trajectories, dict]:
   """Grounds, adds direct and negative trajectories and computes both return-to-go rows."""
   cfg, max_hops = config.rules, int(config.trajectories.max_hops)
-  seq_len = input_pipeline.sequence_length(config)
+  seq_len = prepared_lib.config_sequence_length(config)
   queries = kg.with_inverses('train').astype(np.int64)  # [q, 3]
   start = time.time()
-  paths = rules_lib.ground_paths(graph, ruleset, queries, paths_per_triple=int(cfg.paths_per_triple),
+  paths = grounding.ground_paths(graph, ruleset, queries, paths_per_triple=int(cfg.paths_per_triple),
                                  paths_per_rule=int(cfg.paths_per_rule),
                                  fanout=int(cfg.grounding_fanout), seed=seed, max_length=max_hops)
   grounding_seconds = time.time() - start
@@ -212,23 +213,23 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
     logging.warning('trajectories: only %d of %d negative walks found (walks kept failing)',
                     len(neg_q), num_neg)
   direct_actions = np.full((len(direct), seq_len), kg_lib.PAD, np.int32)
-  direct_actions[:, 0] = kg.entity_token(queries[direct, 2])
+  direct_actions[:, 0] = kg.space.entity_token(queries[direct, 2])
   direct_actions[:, 1] = kg_lib.EOS
   query_index = np.concatenate([paths.query, direct, neg_q])
-  kind = np.concatenate([np.full(len(paths.query), input_pipeline.KIND_RULE),
-                         np.full(len(direct), input_pipeline.KIND_DIRECT),
-                         np.full(len(neg_q), input_pipeline.KIND_NEGATIVE)]).astype(np.int32)
+  kind = np.concatenate([np.full(len(paths.query), prepared_lib.KIND_RULE),
+                         np.full(len(direct), prepared_lib.KIND_DIRECT),
+                         np.full(len(neg_q), prepared_lib.KIND_NEGATIVE)]).astype(np.int32)
   actions = np.concatenate([path_actions(kg, paths.relations, paths.entities, seq_len),
                             direct_actions, path_actions(kg, neg_r, neg_e, seq_len)])
   q = queries[query_index]
   target = q[:, 2].astype(np.int32)
-  consts = rtg_lib.constants_from_config(config, kg.num_relations)
-  r1 = np.where(kind == input_pipeline.KIND_NEGATIVE, consts.r_bad, consts.r_good).astype(np.float32)
+  consts = rtg_lib.constants_from_config(config, kg.space)
+  r1 = np.where(kind == prepared_lib.KIND_NEGATIVE, consts.r_bad, consts.r_good).astype(np.float32)
   sim, known = image_similarity(actions, target, kg, images)
   rtg = np.stack([rtg_lib.rtg_sequence(actions, r1, sim, known, consts, np),
                   rtg_lib.rtg_sequence(actions, r1, 0.0, False, consts, np)], axis=1)  # [N, 2, L]
-  traj = Trajectories(head_token=kg.entity_token(q[:, 0]).astype(np.int32),
-                      relation_token=kg.relation_token(q[:, 1]).astype(np.int32), target=target,
+  traj = Trajectories(head_token=kg.space.entity_token(q[:, 0]).astype(np.int32),
+                      relation_token=kg.space.relation_token(q[:, 1]).astype(np.int32), target=target,
                       kind=kind, actions=actions.astype(np.int32), rtg=rtg.astype(np.float32))
   hops = np.bincount(paths.hops, minlength=max_hops + 1)
   stats = {'queries': int(len(queries)), 'queries_with_rule_paths': int(grounded.sum()),
@@ -241,7 +242,8 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: rules_lib.TrainGraph
            'negatives': int(len(neg_q)), 'negatives_requested': num_neg,
            'self_loop_queries': int(np.sum(queries[:, 0] == queries[:, 2])),
            'examples': int(len(traj)), 'seq_len': seq_len,
-           'image_similarity': FEATURES_FILE if images is not None else 'none (all images missing)',
+           'image_similarity': (prepared_lib.FEATURES_FILE if images is not None
+                                else 'none (all images missing)'),
            'grounding_seconds': round(grounding_seconds, 2)}
   return traj, stats
 
@@ -326,19 +328,20 @@ def build_trajectories(kg: kg_lib.KnowledgeGraph, config: Any, prepared_dir: str
                      'fit')
   os.makedirs(prepared_dir, exist_ok=True)
   seed = int(config.seed)
-  graph = rules_lib.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules_lib.mine_rules(kg, config, graph=graph)
-  ruleset.save(os.path.join(prepared_dir, kg_lib.RULES_FILE), kg)
+  ruleset.save(prepared_lib.path(prepared_dir, prepared_lib.RULES_FILE), kg)
   images = load_image_vectors(prepared_dir, kg)
   traj, stats = assemble(kg, config, graph, ruleset, images, seed)
   traj = traj.take(np.random.default_rng([seed, 53]).permutation(len(traj)))
   start = time.time()
   num_shards = int(config.trajectories.num_shards)
-  write_trajectories(traj, input_pipeline.trajectories_dir(prepared_dir),
-                     input_pipeline.sequence_length(config), num_shards)
+  write_trajectories(traj, prepared_lib.path(prepared_dir, prepared_lib.TRAJECTORIES_DIR),
+                     prepared_lib.config_sequence_length(config), num_shards)
   stats.update(num_shards=max(1, min(num_shards, len(traj))),
-               writing_seconds=round(time.time() - start, 2))
+               writing_seconds=round(time.time() - start, 2),
+               format=prepared_lib.write_format(prepared_dir, config))
   logging.info('trajectories: %d examples (%d rule paths, %d direct, %d negative) written to %s',
                stats['examples'], stats['rule_paths'], stats['direct'], stats['negatives'],
-               input_pipeline.trajectories_dir(prepared_dir))
+               prepared_lib.path(prepared_dir, prepared_lib.TRAJECTORIES_DIR))
   return {'rules': ruleset.stats, 'trajectories': stats}

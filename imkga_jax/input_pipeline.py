@@ -18,7 +18,7 @@ every epoch, the same draws for the same seed.
 
 Same seed (and process split) ⇒ same batches in the same order: file order, shuffle buffer and dropout
 are seeded and the tf.data pipeline runs with `deterministic=True`. TensorFlow is imported inside the
-functions, and tf.data runs on a private pool of `config.trajectories.reader_threads` threads.
+functions, and tf.data runs on a private pool of `READER_THREADS` threads.
 
 Example:
   >>> it = create_train_iterator('/tmp/w/prepared', config)                    # doctest: +SKIP
@@ -33,13 +33,11 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-TRAJECTORIES_DIR = 'trajectories'
+from imkga_jax import prepared
+
 BUILDER_NAME = 'imkga_trajectories'
-KIND_RULE, KIND_DIRECT, KIND_NEGATIVE = 0, 1, 2
-KIND_NAMES = ('rule', 'direct', 'negative')
-# Column order of the packed `query` feature.
-QUERY_FIELDS = ('head_token', 'relation_token', 'target', 'kind')
-EXAMPLE_KEYS = ('head_token', 'relation_token', 'target', 'actions', 'rtg', 'kind')
+# Threads of the tf.data reader (its private pool keeps TensorFlow from taking every core).
+READER_THREADS = 2
 
 
 class TrajectoryInfo(NamedTuple):
@@ -48,13 +46,8 @@ class TrajectoryInfo(NamedTuple):
   seq_len: int
 
 
-def sequence_length(config: Any) -> int:
-  """L = 2 * config.trajectories.max_hops + 1 action tokens (`r1 e1 … rn t <eos>`)."""
-  return 2 * int(config.trajectories.max_hops) + 1
-
-
 def trajectories_dir(prepared_dir: str) -> str:
-  return os.path.join(prepared_dir, TRAJECTORIES_DIR)
+  return prepared.path(prepared_dir, prepared.TRAJECTORIES_DIR)
 
 
 def _import_tf():
@@ -90,7 +83,7 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
   Args:
     prepared_dir: the prepared folder (holds `trajectories/`).
     config: project config (`train.batch_size`, `train.shuffle_buffer`, `rtg.target_dropout`,
-      `trajectories.max_hops`, `trajectories.reader_threads`, `seed`).
+      `trajectories.max_hops`, `seed`).
     process_index, process_count: this process and how many read; default `jax.process_*()`.
     seed: shuffling and target-dropout seed; default `config.seed`.
     repeat: repeat forever (training) or stop after one pass over this process's examples.
@@ -98,7 +91,7 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
       batches after the skipped ones are those an uninterrupted run reads at that step).
 
   Returns:
-    A `tf.data.Dataset` of dicts with the keys of `EXAMPLE_KEYS`, batch dimension
+    A `tf.data.Dataset` of dicts with the keys of `prepared.EXAMPLE_KEYS`, batch dimension
     `config.train.batch_size // process_count`, remainder dropped.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -115,10 +108,10 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
   local_batch = batch_size // process_count
   builder = _builder(prepared_dir)
   stored_len = int(builder.info.features['actions'].shape[0])
-  if stored_len != sequence_length(config):
+  if stored_len != prepared.config_sequence_length(config):
     raise ValueError(f'{trajectories_dir(prepared_dir)} holds sequences of length {stored_len} but '
                      f'config.trajectories.max_hops={config.trajectories.max_hops} needs '
-                     f'{sequence_length(config)}; re-run prepare or set '
+                     f'{prepared.config_sequence_length(config)}; re-run prepare or set '
                      f'max_hops={(stored_len - 1) // 2}')
   num_local = int(builder.info.splits['train'].num_examples) // process_count
   if num_local < local_batch:
@@ -127,7 +120,7 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
 
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = max(1, int(config.trajectories.reader_threads))
+  options.threading.private_threadpool_size = READER_THREADS
   options.threading.max_intra_op_parallelism = 1
   # The stored order is already a seeded permutation (TFDS shuffling off); reading it shuffled is
   # intended, so TFDS's guard for ordered datasets is off (it still logs "Dataset is an ordered
@@ -147,7 +140,7 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
   def unpack(index, batch):
     coin = tf.random.stateless_uniform([local_batch], seed=tf.stack([stream, index]))
     unknown = coin < dropout  # [B] use the target-unknown return-to-go
-    out = {name: batch['query'][:, i] for i, name in enumerate(QUERY_FIELDS)}
+    out = {name: batch['query'][:, i] for i, name in enumerate(prepared.QUERY_FIELDS)}
     out['actions'] = batch['actions']
     out['rtg'] = tf.where(unknown[:, None], batch['rtg'][:, 1], batch['rtg'][:, 0])  # [B, L]
     return out

@@ -57,6 +57,58 @@ class KGFormatError(ValueError):
   """Bad KG input; the message names the file (and line) and says how to fix it."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenSpace:
+  """The one token layout of the project (hashable, so it can be a static argument under `jit`).
+
+  `<pad>=0 <bos>=1 <eos>=2 <mask>=3 | r_0 … r_{R-1} | r_0⁻¹ … r_{R-1}⁻¹ | e_0 … e_{E-1}`. Relation
+  ids run over `[0, 2R)` (`r + R` is the inverse of `r`), entity ids over `[0, E)`. Every method works
+  on Python ints, numpy arrays and jax arrays alike.
+
+  Example:
+    >>> space = TokenSpace(num_relations=2, num_entities=3)
+    >>> space.num_tokens, space.entity_token(0), space.relation_token(3), space.inverse_relation(1)
+    (11, 8, 7, 3)
+  """
+  num_relations: int  # R base relations (2R relation tokens)
+  num_entities: int
+
+  @property
+  def relation_offset(self) -> int:
+    return NUM_SPECIAL
+
+  @property
+  def entity_offset(self) -> int:
+    return NUM_SPECIAL + 2 * self.num_relations
+
+  @property
+  def num_tokens(self) -> int:
+    return self.entity_offset + self.num_entities
+
+  def entity_token(self, eid):
+    return eid + self.entity_offset
+
+  def relation_token(self, rid):
+    """Token of relation id `rid` in `[0, 2R)` (inverses included)."""
+    return rid + self.relation_offset
+
+  def is_entity(self, tok):
+    return tok >= self.entity_offset
+
+  def is_relation(self, tok):
+    return (tok >= self.relation_offset) & (tok < self.entity_offset)
+
+  def token_to_entity(self, tok):
+    return tok - self.entity_offset
+
+  def token_to_relation(self, tok):
+    return tok - self.relation_offset
+
+  def inverse_relation(self, rid):
+    """Id of the inverse of relation id `rid` in `[0, 2R)`."""
+    return (rid + self.num_relations) % (2 * self.num_relations)
+
+
 @dataclasses.dataclass
 class KnowledgeGraph:
   """A KG with entity/relation vocabularies and `[n, 3]` int32 id triples per split.
@@ -96,16 +148,9 @@ class KnowledgeGraph:
     return len(self.relations)
 
   @property
-  def num_tokens(self) -> int:
-    return NUM_SPECIAL + 2 * self.num_relations + self.num_entities
-
-  @property
-  def relation_offset(self) -> int:
-    return NUM_SPECIAL
-
-  @property
-  def entity_offset(self) -> int:
-    return NUM_SPECIAL + 2 * self.num_relations
+  def space(self) -> TokenSpace:
+    """The token layout of this graph."""
+    return TokenSpace(self.num_relations, self.num_entities)
 
   def split(self, name: str) -> np.ndarray:
     if name not in SPLITS:
@@ -131,38 +176,14 @@ class KnowledgeGraph:
     base = self.relations[rid % self.num_relations]
     return base + INVERSE_SUFFIX if rid >= self.num_relations else base
 
-  def inverse_relation(self, rid):
-    """Id of the inverse of `rid` (works on arrays)."""
-    return (rid + self.num_relations) % (2 * self.num_relations)
-
-  # ------------------------------------------------------------------ tokens
-  def entity_token(self, eid):
-    return eid + self.entity_offset
-
-  def relation_token(self, rid):
-    """Token of relation id `rid` in `[0, 2R)` (inverses included)."""
-    return rid + self.relation_offset
-
-  def is_entity_token(self, tok):
-    return tok >= self.entity_offset
-
-  def is_relation_token(self, tok):
-    return (tok >= self.relation_offset) & (tok < self.entity_offset)
-
-  def token_to_entity(self, tok):
-    return tok - self.entity_offset
-
-  def token_to_relation(self, tok):
-    return tok - self.relation_offset
-
   def token_name(self, tok: int) -> str:
     """Readable name of one token: special, relation (with `_inv`) or entity."""
-    tok = int(tok)
+    tok, space = int(tok), self.space
     if tok < NUM_SPECIAL:
       return SPECIAL_TOKENS[tok]
-    if tok < self.entity_offset:
-      return self.relation_name(tok - self.relation_offset)
-    return self.entities[tok - self.entity_offset]
+    if tok < space.entity_offset:
+      return self.relation_name(space.token_to_relation(tok))
+    return self.entities[space.token_to_entity(tok)]
 
   @property
   def vocabulary(self) -> list[str]:

@@ -34,7 +34,8 @@ after a relation is. After `<eos>`/`<pad>` no reward is counted at all.
 
 Example:
   >>> import numpy as np
-  >>> c = RtgConstants(r_good=1.0, r_bad=-1.0, r_step=-0.1, entity_offset=10)
+  >>> from imkga_jax.kg import TokenSpace
+  >>> c = RtgConstants(r_good=1.0, r_bad=-1.0, r_step=-0.1, space=TokenSpace(3, 5))  # entities from 10
   >>> actions = np.array([[4, 11, 2, 0]])               # r1 e1(=t) <eos> <pad>
   >>> sim = np.array([[0.0, 1.0, 0.0, 0.0]])
   >>> known = np.array([[False, True, False, False]])
@@ -48,9 +49,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# Special token ids (the same as imkga_jax.kg; repeated so this module imports nothing heavy).
-PAD, BOS, EOS, MASK = 0, 1, 2, 3
-NUM_SPECIAL = 4
+from imkga_jax.kg import BOS, EOS, PAD, TokenSpace
 
 
 class RtgConstants(NamedTuple):
@@ -60,21 +59,20 @@ class RtgConstants(NamedTuple):
     r_good: R̂_0 and R̂_1 of a path that reaches the target (positive).
     r_bad: R̂_1 of a path that misses the target, and the wrong-kind penalty (negative).
     r_step: base reward of every action (negative: fewer hops are better).
-    entity_offset: first entity token (`4 + 2R`); tokens in `[4, entity_offset)` are relations.
+    space: the token layout (tells entities from relations).
     missing_similarity: similarity used when either image is missing (paper: 0.5, i.e. ½R̂_1).
   """
   r_good: float
   r_bad: float
   r_step: float
-  entity_offset: int
+  space: TokenSpace
   missing_similarity: float = 0.5
 
 
-def constants_from_config(config: Any, num_relations: int) -> RtgConstants:
-  """Reads `config.rtg` for a KG with `num_relations` base relations (R)."""
+def constants_from_config(config: Any, space: TokenSpace) -> RtgConstants:
+  """Reads `config.rtg` for a KG with token layout `space`."""
   return RtgConstants(r_good=float(config.rtg.r_good), r_bad=float(config.rtg.r_bad),
-                      r_step=float(config.rtg.r_step),
-                      entity_offset=NUM_SPECIAL + 2 * int(num_relations),
+                      r_step=float(config.rtg.r_step), space=space,
                       missing_similarity=float(config.rtg.missing_similarity))
 
 
@@ -89,11 +87,11 @@ def _array_module(*arrays) -> types.ModuleType:
 
 def is_relation(tokens, c: RtgConstants):
   """Relation tokens (inverses included)."""
-  return (tokens >= NUM_SPECIAL) & (tokens < c.entity_offset)
+  return c.space.is_relation(tokens)
 
 
 def is_entity(tokens, c: RtgConstants):
-  return tokens >= c.entity_offset
+  return c.space.is_entity(tokens)
 
 
 def wrong_kind(action, prev_action, c: RtgConstants, xp: types.ModuleType | None = None):
@@ -147,7 +145,7 @@ def next_rtg(prev_rtg, prev_action, prev_prev_action, r1, sim, sim_known, c: Rtg
     R̂_n `[N]`: `prev_rtg` after `<eos>`/`<pad>`, else `prev_rtg − r'(a_{n-1})`.
 
   Example:
-    >>> c = RtgConstants(1.0, -1.0, -0.1, entity_offset=10)
+    >>> c = RtgConstants(1.0, -1.0, -0.1, space=TokenSpace(3, 5))
     >>> round(float(next_rtg(1.0, np.int32(4), np.int32(BOS), 1.0, 0.0, False, c)), 6)
     1.1
   """

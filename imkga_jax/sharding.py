@@ -94,6 +94,13 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
   return NamedSharding(mesh, P(axis))
 
 
+def batch_shards(sharding: NamedSharding) -> int:
+  """How many pieces the leading (batch) axis of `sharding` is cut into."""
+  spec = sharding.spec[0] if len(sharding.spec) else None
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
 def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Builds global arrays from each process's slice of the batch (its rows, in process order)."""
   def make(x):

@@ -13,18 +13,16 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from imkga_jax import input_pipeline
@@ -33,6 +31,8 @@ from imkga_jax import losses
 from imkga_jax import masks
 from imkga_jax import sharding
 from imkga_jax.models import imkga
+from imkga_jax import prepared
+from imkga_jax.optim import PerIndex
 from imkga_jax.optim import modality_modulation
 
 MODALITIES = ('fig', 'ocr')
@@ -52,39 +52,6 @@ class TrainState:
   opt_state: Any
 
 
-# ============================================================================ features
-def load_feature_table(prepared: str, num_entities: int, config: ml_collections.ConfigDict
-                       ) -> dict[str, np.ndarray]:
-  """Per-entity `fig`, `ocr` features and presence masks (zeros / False without features.npz)."""
-  path = os.path.join(prepared, 'features.npz')
-  fig_dim, ocr_dim = config.features.fig_dim, config.features.ocr_dim
-  table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
-           'ocr': np.zeros((num_entities, ocr_dim), np.float32),
-           'fig_present': np.zeros((num_entities,), bool),
-           'ocr_present': np.zeros((num_entities,), bool)}
-  if not os.path.exists(path):
-    return table
-  with np.load(path) as f:
-    loaded = {'fig': f['h_fig'], 'ocr': f['h_ocr'], 'fig_present': f['image_present'],
-              'ocr_present': f['ocr_present']}
-  for key, value in loaded.items():
-    if value.shape != table[key].shape:
-      raise ValueError(f'{path}: {key} has shape {value.shape}, expected {table[key].shape} '
-                       '(features and config/KG disagree; re-run --mode=prepare)')
-    table[key] = value.astype(table[key].dtype)
-  return table
-
-
-def add_features(batch: Mapping[str, jax.Array], table: Mapping[str, jax.Array],
-                 entity_offset: int) -> dict[str, jax.Array]:
-  """Gathers the head entity's features into the batch (`fig`, `ocr`, presence)."""
-  head = batch['head_token'] - entity_offset  # [B]
-  out = dict(batch)
-  for key in ('fig', 'ocr', 'fig_present', 'ocr_present'):
-    out[key] = jnp.take(table[key], head, axis=0)
-  return out
-
-
 # ============================================================================ optimiser
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up to `optim.learning_rate`, then cosine decay to 10% at `train.num_steps`."""
@@ -95,57 +62,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
       end_value=0.1 * config.optim.learning_rate)
 
 
-def branch_view(tree: Any, branches: tuple[str, ...]) -> dict[str, Any]:
-  """A flat `{name: leaf}` view where each branch-stacked leaf is split into one leaf per branch.
-
-  The three encoder stacks are stacked on a leading parameter axis (one traced computation); the
-  modulation transform labels whole leaves, so it works on this view where `…[fig]` and `…[ocr]`
-  are separate leaves.
-  """
-  view = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = jax.tree_util.keystr(path)
-    if imkga.is_branch_stacked(path):
-      for i, branch in enumerate(branches):
-        view[f'{name}[{branch}]'] = leaf[i]
-    else:
-      view[name] = leaf
-  return view
-
-
-def merge_branch_view(view: Mapping[str, Any], like: Any, branches: tuple[str, ...]) -> Any:
-  """Inverse of `branch_view`, restacking branch leaves into the structure of `like`."""
-  paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-  leaves = []
-  for path, _ in paths:
-    name = jax.tree_util.keystr(path)
-    if imkga.is_branch_stacked(path):
-      leaves.append(jnp.stack([view[f'{name}[{b}]'] for b in branches]))
-    else:
-      leaves.append(view[name])
-  return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def on_branch_view(inner: optax.GradientTransformationExtraArgs, branches: tuple[str, ...]
-                   ) -> optax.GradientTransformationExtraArgs:
-  """Runs `inner` on `branch_view` of the updates (it keeps no per-parameter state)."""
-  def init_fn(params):
-    return inner.init(branch_view(params, branches))
-
-  def update_fn(updates, state, params=None, **extra):
-    view_params = None if params is None else branch_view(params, branches)
-    new, state = inner.update(branch_view(updates, branches), state, view_params, **extra)
-    return merge_branch_view(new, updates, branches), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def modality_labels(view: Mapping[str, Any]) -> dict[str, str | None]:
-  """'fig' / 'ocr' for the leaves of those branches' encoder stacks, None for the rest."""
-  labels = {}
-  for name in view:
-    labels[name] = next((m for m in MODALITIES if name.endswith(f'[{m}]')), None)
-  return labels
+def modality_labels(params: Any, branches: tuple[str, ...]) -> Any:
+  """Labels for `modality_modulation`: each branch-stacked leaf is labelled per index of its branch
+  axis ('fig' and 'ocr' for those branches' slices, None for concat); every other leaf None."""
+  per_branch = PerIndex(tuple(b if b in MODALITIES else None for b in branches))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: per_branch if imkga.is_branch_stacked(path) else None, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, branches: tuple[str, ...]
@@ -154,10 +76,10 @@ def make_optimizer(config: ml_collections.ConfigDict, branches: tuple[str, ...]
   parts = []
   if all(m in branches for m in MODALITIES):
     end = config.optim.modulation_end
-    parts.append(on_branch_view(modality_modulation(
-        modality_labels, alpha=config.optim.alpha, noise_scale=config.optim.noise_scale,
-        seed=config.seed, start_step=config.optim.modulation_start,
-        end_step=None if end < 0 else end), branches))
+    parts.append(modality_modulation(
+        lambda params: modality_labels(params, branches), alpha=config.optim.alpha,
+        noise_scale=config.optim.noise_scale, key=jax.random.PRNGKey(config.seed),
+        start_step=config.optim.modulation_start, end_step=None if end < 0 else end))
   parts += [optax.clip_by_global_norm(config.optim.clip_norm),
             optax.adamw(learning_rate_schedule(config), weight_decay=config.optim.weight_decay)]
   return optax.chain(*parts)
@@ -171,7 +93,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
   """One optimisation step; pure, jitted once. Randomness = fold_in(rng, step)."""
   step_rng = jax.random.fold_in(rng, state.step)
   mask_rng, dropout_rng = jax.random.split(step_rng)
-  batch = add_features(batch, table, entity_offset)
+  batch = dict(batch, **prepared.head_features(table, batch['head_token'] - entity_offset))
   inputs, mask3 = masks.apply_masks(mask_rng, batch, config.masks, train=True)
 
   def loss_fn(params):
@@ -199,19 +121,6 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
 
 
 # ============================================================================ state
-def example_inputs(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, jnp.ndarray]:
-  """Dummy model inputs of the right shapes (for init)."""
-  length = 2 * config.trajectories.max_hops + 1
-  return {'head_token': jnp.zeros((batch_size,), jnp.int32),
-          'relation_token': jnp.zeros((batch_size,), jnp.int32),
-          'actions': jnp.zeros((batch_size, length), jnp.int32),
-          'rtg': jnp.zeros((batch_size, length), jnp.float32),
-          'fig': jnp.zeros((batch_size, config.features.fig_dim), jnp.float32),
-          'ocr': jnp.zeros((batch_size, config.features.ocr_dim), jnp.float32),
-          'fig_present': jnp.zeros((batch_size,), bool),
-          'ocr_present': jnp.zeros((batch_size,), bool)}
-
-
 def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
                  tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
                  ) -> tuple[Callable[[jax.Array], TrainState], TrainState, TrainState]:
@@ -220,7 +129,8 @@ def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
   Parameter shardings come from the logical axis names on the parameters and `config.mesh.rules`;
   optimiser moments follow their parameters; scalars (step, modulation state) are replicated.
   """
-  inputs = example_inputs(config)
+  inputs = prepared.dummy_inputs(prepared.config_sequence_length(config), config.features.fig_dim,
+                                 config.features.ocr_dim, batch_size=2)
 
   def init_boxed(rng):
     return model.init({'params': rng, 'dropout': rng}, inputs, train=False)['params']
@@ -355,10 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The metrics of the last logging step (empty when there was nothing left to train).
   """
   sharding.maybe_initialize_distributed(config.mesh)
-  prepared = os.path.join(workdir, 'prepared')
-  kg = kg_lib.KnowledgeGraph.load(prepared)
+  prepared_dir = os.path.join(workdir, 'prepared')
+  kg = kg_lib.KnowledgeGraph.load(prepared_dir)
   check_resume_config(config, workdir, defaults)
-  model = imkga.build_model(config, kg.num_tokens)
+  model = imkga.build_model(config, kg.space.num_tokens)
   tx = make_optimizer(config, model.branches)
   mesh = sharding.make_mesh(config.mesh, devices)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
@@ -379,11 +289,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
 
-  table = jax.device_put({k: jnp.asarray(v) for k, v in
-                          load_feature_table(prepared, kg.num_entities, config).items()}, replicated)
+  table = jax.device_put(prepared.load_features(prepared_dir, kg.num_entities,
+                                                config.features.fig_dim, config.features.ocr_dim),
+                         replicated)
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, config=config,
-                        entity_offset=kg.entity_offset),
+                        entity_offset=kg.space.entity_offset),
       in_shardings=(state_sharding, batch_sharding, replicated, replicated),
       out_shardings=(state_sharding, replicated),
       donate_argnums=(0,))
@@ -393,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_hparams({k: v for k, v in _flatten(config).items()
                           if isinstance(v, (int, float, str, bool))})
   schedule = learning_rate_schedule(config)
-  batches = input_pipeline.create_train_iterator(prepared, config, skip_batches=start_step)
+  batches = input_pipeline.create_train_iterator(prepared_dir, config, skip_batches=start_step)
   rng = jax.random.key(config.seed)
   num_steps = config.train.num_steps
   last = {}

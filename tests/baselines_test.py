@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from configs import baselines as baseline_configs
-from imkga_jax import evaluate
+from imkga_jax import priors as priors_lib
+from imkga_jax import ranking
 from imkga_jax import kg as kg_lib
 from imkga_jax.baselines import models
 from imkga_jax.baselines import train
@@ -190,7 +191,7 @@ def test_max_queries_ranks_the_seeded_subset_of_evaluate(tmp_path):
   graph.save(os.path.join(workdir, 'prepared'))
   metrics = train.train_and_evaluate(_config('complex', num_epochs=1, max_queries=3), workdir)
   assert metrics['test']['tail']['queries'] == 3 and metrics['valid']['both']['queries'] == 4
-  expected = evaluate.direction_queries(graph, 'test', 3)['tail']
+  expected = ranking.direction_queries(graph, 'test', 3)['tail']
   assert sum(m['tail']['queries'] for m in metrics['by_relation'].values()) == len(expected)
   assert sum(m['head']['queries'] for m in metrics['by_relation'].values()) == len(expected)
 
@@ -202,14 +203,16 @@ def test_answer_types_rank_typed_entities_first():
   score = lambda params, batch_stats, heads, relations: table[heads, relations]  # [B, E]
   state = types.SimpleNamespace(params=None, batch_stats=None)
   answer_types = rng.random((2 * graph.num_relations, graph.num_entities)) < 0.5
-  plain = train.rank_split(score, state, graph, 'test', 4)
-  typed = train.rank_split(score, state, graph, 'test', 4, answer_types=answer_types)
-  for direction, queries in evaluate.direction_queries(graph, 'test').items():
+  priors = priors_lib.Priors(names=('random',), table=answer_types)
+  plain = ranking.rank_split(train.score_fn(score, state), graph, 'test', batch_size=4)
+  typed = ranking.rank_split(train.score_fn(score, state), graph, 'test', batch_size=4,
+                             priors=priors)
+  for direction, queries in ranking.direction_queries(graph, 'test').items():
     indptr, known = graph.filter_csr(queries[:, :2])
     scores = table[queries[:, 0], queries[:, 1]]  # [q, E]
-    shifted = np.asarray(evaluate.typed_first(scores, answer_types[queries[:, 1]]))
+    shifted = np.asarray(priors_lib.typed_first(scores, answer_types[queries[:, 1]]))
     np.testing.assert_array_equal(typed[direction]['ranks'],
-                                  evaluate.filtered_ranks(shifted, queries[:, 2], indptr, known))
+                                  ranking.filtered_ranks(shifted, queries[:, 2], indptr, known))
     np.testing.assert_array_equal(plain[direction]['ranks'],
-                                  evaluate.filtered_ranks(scores, queries[:, 2], indptr, known))
+                                  ranking.filtered_ranks(scores, queries[:, 2], indptr, known))
   assert any((typed[d]['ranks'] != plain[d]['ranks']).any() for d in typed)

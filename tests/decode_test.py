@@ -1,18 +1,22 @@
 """Tests of imkga_jax/decode.py: beam search vs brute-force enumeration, graph constraint, adapter."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from imkga_jax import decode
+from imkga_jax import grammar
 from imkga_jax import kg as kg_lib
 from imkga_jax import rtg as rtg_lib
+from imkga_jax import step_models
 
 BOS, EOS = kg_lib.BOS, kg_lib.EOS
 
 
 def constants(space):
-  return rtg_lib.RtgConstants(1.0, -1.0, -0.1, entity_offset=space.entity_offset)
+  return rtg_lib.RtgConstants(1.0, -1.0, -0.1, space=space)
 
 
 def table_stub(table, rtg_weight):
@@ -89,23 +93,46 @@ def brute_force(table, rtg_weight, head, space, max_len, edges=None, direct=True
 
 
 def run_beam(table, rtg_weight, heads, space, beam, max_len, constraint=None, complete_last=False,
-             direct_ok=None):
+             direct_ok=None, finish_width=0, aggregation='max', length_norm=True):
+  model = step_models.history_step_model(table_stub(table, rtg_weight), max_len)
   fn = jax.jit(lambda h, d: decode.beam_search(
-      table_stub(table, rtg_weight), h, space=space, beam_size=beam, max_len=max_len,
-      rtg_constants=constants(space), constraint=constraint, complete_last=complete_last,
-      direct_ok=d))
+      model, h, space=space, beam_size=beam, max_len=max_len, rtg_constants=constants(space),
+      constraint=constraint, complete_last=complete_last, finish_width=finish_width,
+      aggregation=aggregation, length_norm=length_norm, direct_ok=d))
   direct_ok = None if direct_ok is None else jnp.asarray(direct_ok, bool)
   return jax.device_get(fn(jnp.asarray(heads, jnp.int32), direct_ok))
 
 
-def finished(result, row):
-  """{sequence (up to <eos>): score} of one query's valid finished beams, in result order."""
-  seqs = {}
-  for seq, score, answer in zip(result.seqs[row], result.score[row], result.answer[row]):
-    if answer >= 0:
-      seq = list(seq)
-      seqs[tuple(seq[:seq.index(EOS) + 1])] = float(score)
-  return seqs
+def per_entity(expected, space, aggregation='max', length_norm=True, keep=None):
+  """Per entity, from brute-force `{sequence: normalised score}` (restricted to `keep(seq)`): the
+  aggregate score over every path, and the best score and path (up to <eos>) of >= 1 hop."""
+  e = space.num_entities
+  score, best, path = np.full(e, -np.inf), np.full(e, -np.inf), {}
+  for seq, normalised in expected.items():
+    if keep is not None and not keep(seq):
+      continue
+    hops = sum(space.relation_offset <= t < space.entity_offset for t in seq)
+    value = normalised if length_norm else normalised * max(hops, 1)
+    a = seq[-2] - space.entity_offset
+    if hops >= 1 and value > best[a]:
+      best[a], path[a] = value, seq
+    score[a] = max(score[a], value) if aggregation == 'max' else np.logaddexp(score[a], value)
+  return score, best, path
+
+
+def got_path(result, row, entity):
+  """The best path of `entity` in query `row`, up to and with its <eos> (() if none)."""
+  seq = [int(t) for t in result.path[row, entity]]
+  return tuple(seq[:seq.index(EOS) + 1]) if EOS in seq else ()
+
+
+def assert_matches(result, row, reference, rtol=1e-4):
+  score, best, path = reference
+  np.testing.assert_allclose(result.score[row], score, rtol=rtol, atol=1e-5)
+  np.testing.assert_allclose(result.best[row], best, rtol=rtol, atol=1e-5)
+  for entity, seq in path.items():
+    assert got_path(result, row, entity) == seq, (entity, seq)
+  assert all(np.all(result.path[row, e] == kg_lib.PAD) for e in range(len(score)) if e not in path)
 
 
 def random_problem(seed, space, max_len):
@@ -115,25 +142,21 @@ def random_problem(seed, space, max_len):
 
 
 @pytest.mark.parametrize('max_len,beam', [(3, 40), (5, 384)])
-def test_exhaustive_beam_matches_brute_force(max_len, beam):
-  # R=1, E=3, V=9: with this beam nothing is pruned, so every finished sequence must appear.
-  space = decode.TokenSpace(num_relations=1, num_entities=3)
+@pytest.mark.parametrize('aggregation,length_norm', [('max', True), ('sum', False), ('sum', True)])
+def test_exhaustive_beam_matches_brute_force(max_len, beam, aggregation, length_norm):
+  # R=1, E=3, V=9: with this beam nothing is pruned, so every finished sequence counts.
+  space = kg_lib.TokenSpace(num_relations=1, num_entities=3)
   table, w = random_problem(max_len, space, max_len)
-  result = run_beam(table, w, [0, 1], space, beam, max_len)
+  result = run_beam(table, w, [0, 1], space, beam, max_len, aggregation=aggregation,
+                    length_norm=length_norm)
   expected = brute_force(table, w, 0, space, max_len)
-  got = finished(result, 0)
-  assert set(got) == set(expected)
-  for seq, score in got.items():
-    np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
-  scores = [s for s in result.score[0] if np.isfinite(s)]
-  assert scores == sorted(scores, reverse=True)  # best first
-  # Invalid slots: -inf score, answer -1, and only those.
-  assert np.array_equal(result.answer[0] >= 0, np.isfinite(result.score[0]))
+  assert_matches(result, 0, per_entity(expected, space, aggregation, length_norm))
+  assert np.all(np.isfinite(result.score[0]))
 
 
 def test_small_beam_finds_the_known_best_paths_in_order():
   # A stub that strongly prefers `r0 e1 r1 e2 <eos>` (hops 2), then the direct `e0 <eos>`.
-  space = decode.TokenSpace(num_relations=1, num_entities=3)
+  space = kg_lib.TokenSpace(num_relations=1, num_entities=3)
   max_len = 5
   table, w = random_problem(7, space, max_len)
   table *= 0.1
@@ -150,84 +173,64 @@ def test_small_beam_finds_the_known_best_paths_in_order():
   reference = brute_force(table, w, 0, space, max_len)
   best = sorted(reference.items(), key=lambda kv: -kv[1])[:2]
   assert [s for s, _ in best] == [(r0, e1, r1, e2, EOS), (e0, EOS)]
-  got = list(finished(result, 0).items())[:2]
-  assert [s for s, _ in got] == [s for s, _ in best]
-  np.testing.assert_allclose([v for _, v in got], [v for _, v in best], rtol=1e-5)
-  assert result.answer[0, 0] == 2 and result.hops[0, 0] == 2 and result.answer[0, 1] == 0
-
-
-def full_length_reference(expected, space, max_len, prefixes=None):
-  """Per entity: (log Σ exp logprob, max score) of the brute-force full-length sequences ending in it,
-  restricted to those whose first `max_len - 2` tokens are in `prefixes` (None: all)."""
-  logsum = np.full(space.num_entities, -np.inf)
-  best = np.full(space.num_entities, -np.inf)
-  for seq, score in expected.items():
-    if len(seq) != max_len or (prefixes is not None and seq[:max_len - 2] not in prefixes):
-      continue
-    hops = sum(space.relation_offset <= t < space.entity_offset for t in seq)
-    e = seq[-2] - space.entity_offset
-    logsum[e] = np.logaddexp(logsum[e], score * max(hops, 1))
-    best[e] = max(best[e], score)
-  return logsum, best
+  assert got_path(result, 0, 2) == best[0][0]  # explained by its path
+  np.testing.assert_allclose(result.score[0, [2, 0]], [v for _, v in best], rtol=1e-5)
+  np.testing.assert_allclose(result.best[0, 2], best[0][1], rtol=1e-5)
+  assert result.best[0, 0] < result.score[0, 0]  # e0's score is its direct answer, no path's
+  assert np.argsort(-result.score[0])[:2].tolist() == [2, 0]  # best first
 
 
 @pytest.mark.parametrize('beam', [384, 2])
 def test_last_step_completion_scores_every_entity_after_the_live_prefixes(beam):
   # R=1, E=5, L=5. Beam 384 prunes nothing: the completions are every full-length path. Beam 2
-  # keeps two prefixes at step L - 2; the completions are every path through them, for all five
-  # entities, where the finished beams of the last step hold only two.
-  space = decode.TokenSpace(num_relations=1, num_entities=5)
+  # keeps two prefixes at step L - 2; every entity is still scored through them, each with a
+  # full-length path of exactly its brute-force score, where plain finishing reaches at most two.
+  space = kg_lib.TokenSpace(num_relations=1, num_entities=5)
   max_len = 5
   table, w = random_problem(11, space, max_len)
   result = run_beam(table, w, [0], space, beam, max_len, complete_last=True)
   expected = brute_force(table, w, 0, space, max_len)
-  live = [tuple(p[:max_len - 2]) for p in result.completion_prefix[0]]
-  prefixes = None if beam > 100 else {p for p in live if kg_lib.PAD not in p}
-  if prefixes is not None:
-    assert len(prefixes) == beam
-  logsum, best = full_length_reference(expected, space, max_len, prefixes)
-  np.testing.assert_allclose(result.completion_logprob[0], logsum, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(result.completion_score[0], best, rtol=1e-4, atol=1e-5)
-  assert np.all(np.isfinite(result.completion_logprob[0]))  # every entity scored
-  for e in range(space.num_entities):  # the parent gives the best full-length path
-    path = live[result.completion_parent[0, e]] + (space.entity_offset + e, EOS)
-    np.testing.assert_allclose(expected[path], best[e], rtol=1e-4, atol=1e-5)
-  full = [a for a, seq in zip(result.answer[0], result.seqs[0]) if a >= 0 and seq[-1] == EOS]
-  assert len(set(full)) <= beam  # the finished beams alone see at most `beam` of them
+  if beam > 100:
+    assert_matches(result, 0, per_entity(expected, space))
+  full = run_beam(table, w, [0], space, beam, max_len, complete_last=True, aggregation='sum',
+                  length_norm=False)
   plain = run_beam(table, w, [0], space, beam, max_len)
-  assert plain.completion_logprob is None  # off by default, nothing extra carried
-  np.testing.assert_array_equal(plain.score, result.score)  # and the beams are unchanged
+  full_length = {e for e in range(5) if len(got_path(plain, 0, e)) == max_len}
+  assert np.all(np.isfinite(result.score[0])) and np.all(np.isfinite(full.score[0]))
+  assert len(full_length) <= beam
+  for e in range(space.num_entities):
+    path = got_path(result, 0, e)
+    if path:
+      np.testing.assert_allclose(result.best[0, e], expected[path], rtol=1e-4, atol=1e-5)
+    assert result.best[0, e] >= plain.best[0, e] - 1e-6  # the completion only adds paths
+  assert all(len(got_path(result, 0, e)) == max_len for e in range(5)
+             if result.best[0, e] > plain.best[0, e] + 1e-6)  # what it adds is full length
 
 
 def test_wide_finishing_finishes_every_entity_after_the_kept_relations():
-  # R=2 (4 relation tokens), E=4, L=5, beam 2. Step 0 strongly prefers relations, so both live
-  # beams at step 1 are relations; with W = 8 = beam * E every `r e <eos>` through them is finished
-  # (plain beam search finishes two), each with its brute-force score; the rest is unchanged.
-  space = decode.TokenSpace(num_relations=2, num_entities=4)
+  # R=2 (4 relation tokens), E=4, L=5, beam 2. Step 0 strongly prefers relations and step 2 <eos>,
+  # so both live beams at step 1 are relations and the paths end after one hop; with W = 8 =
+  # beam * E every `r e <eos>` through them is finished (plain finishing keeps two), and each
+  # entity's summed score is exactly that of its brute-force paths through the two relations.
+  space = kg_lib.TokenSpace(num_relations=2, num_entities=4)
   max_len, beam = 5, 2
   table, w = random_problem(5, space, max_len)
   table[0, BOS, BOS, space.relation_offset:space.entity_offset] += 20.0
+  table[2, ..., EOS] += 30.0
   expected = brute_force(table, w, 0, space, max_len)
-  stub = table_stub(table, w)
-  fn = jax.jit(lambda h: decode.beam_search(
-      stub, h, space=space, beam_size=beam, max_len=max_len, rtg_constants=constants(space),
-      finish_width=8, finish_logits=stub))
-  wide = jax.device_get(fn(jnp.zeros([1], jnp.int32)))
-  plain = run_beam(table, w, [0], space, beam, max_len)
-  got, base = finished(wide, 0), finished(plain, 0)
-  for seq, score in got.items():
-    np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
-  one_hop = {seq for seq in got if len(seq) == 3}
-  kept = {seq[0] for seq in one_hop}
-  assert len(kept) == beam and all(space.relation_offset <= r < space.entity_offset for r in kept)
-  assert one_hop == {(r, space.entity_offset + e, EOS) for r in kept for e in range(4)}
-  assert len([seq for seq in base if len(seq) == 3]) == beam
-  assert set(base) <= set(got)
-  assert {s for s in got if len(s) != 3} == {s for s in base if len(s) != 3}  # other steps as before
-  assert wide.seqs.shape[1] == (max_len - 1) * 8
-  with pytest.raises(ValueError, match='finish_logits'):
-    decode.beam_search(stub, jnp.zeros([1], jnp.int32), space=space, beam_size=beam,
-                       max_len=max_len, rtg_constants=constants(space), finish_width=8)
+  step0 = table[0, BOS, BOS] + 1.0 * w  # R̂0 = r_good = 1
+  relations = range(space.relation_offset, space.entity_offset)
+  kept = set(sorted(relations, key=lambda r: -step0[r])[:beam])  # the two live beams at step 1
+  wide = run_beam(table, w, [0], space, beam, max_len, finish_width=8, aggregation='sum',
+                  length_norm=False)
+  plain = run_beam(table, w, [0], space, beam, max_len, aggregation='sum', length_norm=False)
+  one_hop = lambda seq: len(seq) == 3 and seq[0] in kept
+  reference = per_entity(expected, space, 'sum', False, keep=one_hop)
+  np.testing.assert_allclose(wide.score[0], reference[0], rtol=1e-4, atol=1e-4)
+  assert np.all(np.isfinite(wide.score[0]))
+  plain_one_hop = [e for e in range(4) if len(got_path(plain, 0, e)) == 3]
+  assert len(plain_one_hop) <= beam  # plain beam search finished two one-hop endings
+  assert all(len(got_path(wide, 0, e)) == 3 for e in range(4))
 
 
 def random_graph(seed, num_entities, num_relations, num_edges):
@@ -245,7 +248,7 @@ def random_graph(seed, num_entities, num_relations, num_edges):
 
 def test_graph_constraint_tables():
   both, edges = random_graph(0, 7, 2, 12)
-  g = decode.GraphConstraint.from_triples(both, 7)
+  g = grammar.GraphConstraint.from_triples(both, 7)
   indptr, rel, tail = (np.asarray(x) for x in (g.indptr, g.relation, g.tail))
   for e in range(7):
     span = slice(indptr[e], indptr[e + 1])
@@ -254,41 +257,38 @@ def test_graph_constraint_tables():
 
 
 def test_constrained_exhaustive_matches_brute_force():
-  space = decode.TokenSpace(num_relations=2, num_entities=6)
+  space = kg_lib.TokenSpace(num_relations=2, num_entities=6)
   max_len = 5
   both, edges = random_graph(1, 6, 2, 9)
   table, w = random_problem(3, space, max_len)
-  constraint = decode.GraphConstraint.from_triples(both, 6)
+  constraint = grammar.GraphConstraint.from_triples(both, 6)
   heads = [0, 3, 5]
-  result = run_beam(table, w, heads, space, beam=256, max_len=max_len, constraint=constraint)
+  result = run_beam(table, w, heads, space, beam=256, max_len=max_len, constraint=constraint,
+                    aggregation='sum', length_norm=False)
   for row, head in enumerate(heads):
     expected = brute_force(table, w, head, space, max_len, edges)
-    got = finished(result, row)
-    assert set(got) == set(expected)
-    for seq, score in got.items():
-      np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
+    assert_matches(result, row, per_entity(expected, space, 'sum', False))
 
 
 @pytest.mark.parametrize('constrained', [False, True])
 def test_direct_ok_removes_only_the_direct_answers_of_its_queries(constrained):
   # Unconstrained, R=1 and E=3 keep the beam exhaustive (as in the test above).
-  space = decode.TokenSpace(num_relations=2 if constrained else 1,
+  space = kg_lib.TokenSpace(num_relations=2 if constrained else 1,
                             num_entities=6 if constrained else 3)
   max_len = 5
   both, edges = random_graph(1, 6, 2, 9)
   table, w = random_problem(4, space, max_len)
   table[0, BOS, BOS, space.entity_offset:] += 3.0  # the direct form is the likeliest first action
-  constraint = decode.GraphConstraint.from_triples(both, 6) if constrained else None
+  constraint = grammar.GraphConstraint.from_triples(both, 6) if constrained else None
   heads, direct = [0, 0, 2], [True, False, False]
   result = run_beam(table, w, heads, space, beam=384, max_len=max_len, constraint=constraint,
                     direct_ok=direct)
   for row, (head, ok) in enumerate(zip(heads, direct)):
     expected = brute_force(table, w, head, space, max_len, edges if constrained else None, ok)
-    got = finished(result, row)
-    assert set(got) == set(expected)
-    assert any(len(seq) == 2 for seq in got) == ok  # `t <eos>` only where allowed
-    for seq, score in got.items():
-      np.testing.assert_allclose(score, expected[seq], rtol=1e-4, atol=1e-5)
+    assert any(len(seq) == 2 for seq in expected) == ok  # `t <eos>` only where allowed
+    assert_matches(result, row, per_entity(expected, space))
+    # Boosted, a direct answer beats every path to some entity: its score exceeds its best path's.
+    assert np.any(result.score[row] > result.best[row] + 1e-6) == ok
 
 
 def is_valid_walk(seq, head, space, edges):
@@ -309,7 +309,7 @@ def is_valid_walk(seq, head, space, edges):
 
 @pytest.mark.parametrize('seed', [0, 1])
 def test_constrained_mode_never_emits_an_invalid_move(seed):
-  space = decode.TokenSpace(num_relations=3, num_entities=30)
+  space = kg_lib.TokenSpace(num_relations=3, num_entities=30)
   max_len = 7
   both, edges = random_graph(seed, 30, 3, 60)
   rng = np.random.default_rng(seed)
@@ -319,66 +319,116 @@ def test_constrained_mode_never_emits_an_invalid_move(seed):
   table[..., kg_lib.PAD] = table[..., kg_lib.MASK] = 50.0
   heads = rng.integers(0, 30, 8)
   result = run_beam(table.astype(np.float32), np.zeros(v, np.float32), heads, space, beam=16,
-                    max_len=max_len, constraint=decode.GraphConstraint.from_triples(both, 30))
+                    max_len=max_len, constraint=grammar.GraphConstraint.from_triples(both, 30),
+                    finish_width=64, complete_last=True)
   count = 0
   for row, head in enumerate(heads):
-    for seq, answer in zip(result.seqs[row], result.answer[row]):
-      if answer >= 0:
+    for e in range(space.num_entities):
+      if np.isfinite(result.best[row, e]):
         count += 1
-        assert is_valid_walk(seq, int(head), space, edges), (head, seq)
+        assert is_valid_walk(result.path[row, e], int(head), space, edges), (head, e)
   assert count > 50  # plenty of paths were checked
 
 
 def test_unconstrained_mode_prunes_only_dead_ends():
-  space = decode.TokenSpace(num_relations=2, num_entities=4)
+  space = kg_lib.TokenSpace(num_relations=2, num_entities=4)
   v = space.num_tokens
   table = np.zeros((7, v, v, v), np.float32)
   table[..., kg_lib.PAD] = table[..., kg_lib.BOS] = table[..., kg_lib.MASK] = 100.0
   result = run_beam(table, np.zeros(v, np.float32), [0], space, beam=8, max_len=7)
-  valid = result.answer[0] >= 0
-  assert valid.sum() > 0
-  for seq in result.seqs[0][valid]:
-    body = list(seq[:list(seq).index(EOS)])
-    assert all(t >= space.relation_offset for t in body)  # no special token ever emitted
-    assert body[-1] >= space.entity_offset
+  reached = np.isfinite(result.score[0])
+  assert reached.sum() > 0
+  for e in np.flatnonzero(reached):
+    body = list(got_path(result, 0, e)[:-1])
+    if body:  # (entities reached by the direct form alone have no path of a hop)
+      assert all(t >= space.relation_offset for t in body)  # no special token ever emitted
+      assert body[-1] == space.entity_token(e)
+  assert sum(bool(got_path(result, 0, e)) for e in np.flatnonzero(reached)) > 0
 
 
-@pytest.mark.parametrize('variant,branch', [('mkg_rl', 'ocr'), ('no_img', 'concat')])
-def test_adapter_equals_model_apply(variant, branch):
+@functools.lru_cache(maxsize=None)
+def small_model(variant, num_tokens=30):
   from configs import default  # pylint: disable=g-import-not-at-top
   from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  config.model.emb_dim, config.model.mlp_dim, config.model.num_layers = 16, 32, 1
+  config.model.emb_dim, config.model.mlp_dim, config.model.num_layers = 16, 32, 2
   config.model.num_heads, config.model.variant = 2, variant
+  config.trajectories.max_hops = 2  # L = 5 steps
   rng = np.random.default_rng(0)
-  model = imkga.build_model(config, num_tokens=30)
+  model = imkga.build_model(config, num_tokens=num_tokens)
   inputs = imkga.dummy_inputs(model.config, batch_size=4)
-  inputs.update(actions=jnp.asarray(rng.integers(0, 30, (4, 7)), jnp.int32),
-                rtg=jnp.asarray(rng.normal(size=(4, 7)), jnp.float32),
-                fig=jnp.asarray(rng.normal(size=(4, 8)), jnp.float32),
-                fig_present=jnp.asarray([True, False, True, True]))
+  inputs.update(actions=rng.integers(0, num_tokens, (4, 5)).astype(np.int32),
+                rtg=rng.normal(size=(4, 5)).astype(np.float32),
+                head_token=rng.integers(10, num_tokens, 4).astype(np.int32),
+                relation_token=rng.integers(4, 10, 4).astype(np.int32),
+                fig=rng.normal(size=(4, 8)).astype(np.float32),
+                fig_present=np.asarray([True, False, True, True]))
   params = jax.jit(model.init)(jax.random.key(1), inputs)['params']
-  full = jax.jit(model.apply)({'params': params}, inputs)  # [branches, 4, 7, 30]
-  index = decode.branch_index(model.branches, branch)
-  context = {k: x for k, x in inputs.items() if k not in ('actions', 'rtg')}
-  fn = jax.jit(lambda a, r, s: decode.make_tokens_to_logits(model, params, context, index)(a, r, s))
-  # The single-branch model used for decoding (imkga.select_branch) gives the same logits.
-  single = jax.jit(lambda a, r, s: decode.make_tokens_to_logits(
-      *imkga.select_branch(model, params, model.branches[index]), context, 0)(a, r, s))
-  for step in (0, 3, 6):
-    np.testing.assert_allclose(fn(inputs['actions'], inputs['rtg'], jnp.int32(step)),
-                               full[index, :, step], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(single(inputs['actions'], inputs['rtg'], jnp.int32(step)),
-                               full[index, :, step], rtol=1e-5, atol=1e-5)
+  params = jax.tree.map(lambda x: np.asarray(x) + 0.3 * rng.normal(size=x.shape).astype(np.float32),
+                        params)  # sharper than the initialisation
+  return model, params, inputs
+
+
+@pytest.mark.parametrize('variant,branch', [('mkg_rl', 'ocr'), ('no_img', 'concat')])
+def test_cached_decode_step_equals_model_apply(variant, branch):
+  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
+  model, params, inputs = small_model(variant)
+  full = jax.jit(model.apply)({'params': params}, inputs)  # [branches, 4, 5, 30]
+  index = step_models.branch_index(model.branches, branch)
+  single, sliced = imkga.select_branch(model, params, model.branches[index])
+  context = {k: x for k, x in inputs.items() if k not in ('actions', 'rtg', 'token_keep')}
+  space = kg_lib.TokenSpace(num_relations=3, num_entities=20)
+
+  def all_steps(make):  # one jitted program feeding the five steps in order
+    model = make(single, sliced, context)
+    cache, out = None, []
+    for step in range(5):
+      tokens = grammar.token_range(step, 5, space)
+      prev = None if step == 0 else jnp.asarray(inputs['actions'][:, None, step - 1])
+      logits, cache = model.step(cache, prev, jnp.asarray(inputs['rtg'][:, None, step]), step,
+                                 tokens)
+      out.append(logits[:, 0])
+    return out
+
+  for make in (step_models.imkga_step_model, step_models.imkga_uncached_step_model):
+    for step, got in enumerate(jax.jit(lambda: all_steps(make))()):
+      tokens = grammar.token_range(step, 5, space)
+      np.testing.assert_allclose(got, full[index, :, step, tokens[0]:tokens[1]], rtol=1e-5,
+                                 atol=1e-5)
+
+
+@pytest.mark.parametrize('constrained', [False, True])
+def test_cached_beam_search_equals_uncached(constrained):
+  # A model with sharp random weights: the same paths and scores with and without the cache.
+  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
+  space = kg_lib.TokenSpace(num_relations=3, num_entities=20)
+  model, params, inputs = small_model('rl', space.num_tokens)
+  single, sliced = imkga.select_branch(model, params, 'concat')
+  context = {k: jnp.asarray(inputs[k]) for k in ('head_token', 'relation_token')}
+  both, _ = random_graph(3, 20, 3, 80)
+  constraint = grammar.GraphConstraint.from_triples(both, 20) if constrained else None
+
+  def run(make):
+    fn = jax.jit(lambda h: decode.beam_search(
+        make(single, sliced, context), h, space=space, beam_size=8, max_len=5,
+        rtg_constants=constants(space), constraint=constraint, finish_width=24,
+        complete_last=True, aggregation='sum', length_norm=False))
+    return jax.device_get(fn(space.token_to_entity(jnp.asarray(inputs['head_token']))))
+
+  cached, uncached = run(step_models.imkga_step_model), run(step_models.imkga_uncached_step_model)
+  np.testing.assert_allclose(cached.score, uncached.score, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cached.best, uncached.best, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(cached.path, uncached.path)
+  assert np.isfinite(cached.score).sum() > 20
 
 
 def test_branch_index():
-  assert decode.branch_index(('fig', 'ocr', 'concat'), 'concat') == 2
-  assert decode.branch_index(('concat',), 'fig') == 0  # single-branch variants
+  assert step_models.branch_index(('fig', 'ocr', 'concat'), 'concat') == 2
+  assert step_models.branch_index(('concat',), 'fig') == 0  # single-branch variants
   with pytest.raises(ValueError, match='decode.branch'):
-    decode.branch_index(('fig', 'ocr', 'concat'), 'both')
+    step_models.branch_index(('fig', 'ocr', 'concat'), 'both')
 
 
 def test_tile_beams_repeats_each_query_in_a_row():
-  tiled = decode.tile_beams({'x': np.arange(3)}, 2)
+  tiled = step_models.tile_beams({'x': np.arange(3)}, 2)
   assert list(np.asarray(tiled['x'])) == [0, 0, 1, 1, 2, 2]

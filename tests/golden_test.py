@@ -87,14 +87,17 @@ def write_fake_features(workdir, config):
            h_ocr=rng.random((e, config.features.ocr_dim)).astype(np.float32))
 
 
-# Decoding settings evaluated on each trained model, in the landed tree's keys.
+# Decoding settings evaluated on each trained model. The landed tree's keys were: score='max' (now
+# aggregation 'max' with length_norm) or 'sum' (aggregation 'sum' without it); complete_last and
+# finish_width; decode.min_type_match=0.2 and decode.min_functionality=0.95 (now ranking.priors).
+MAX = dict(aggregation='max', length_norm=True)
+SUM = dict(aggregation='sum', length_norm=False)
 DECODINGS = {
-    'plain_beam': dict(score='max', complete_last=False, finish_width=0, constrained=False),
-    'default': dict(score='max', complete_last=True, finish_width=256, constrained=False),
-    'sum_constrained': dict(score='sum', complete_last=True, finish_width=64, constrained=True),
-    'sum_priors': dict(score='sum', complete_last=True, finish_width=64, constrained=True,
-                       min_type_match=0.2, min_functionality=0.95,
-                       direct_below_rule_confidence=0.45),
+    'plain_beam': dict(MAX, complete_last=False, finish_width=0, constrained=False),
+    'default': dict(MAX, complete_last=True, finish_width=256, constrained=False),
+    'sum_constrained': dict(SUM, complete_last=True, finish_width=64, constrained=True),
+    'sum_priors': dict(SUM, complete_last=True, finish_width=64, constrained=True,
+                       priors=('answer_type=0.2', 'functional_inverse=0.95')),
 }
 
 
@@ -121,20 +124,23 @@ def golden_runs(base):
     train.train_and_evaluate(config, workdir)
     for name, settings in DECODINGS.items():
       for key, value in settings.items():
-        config.decode[key] = value
+        if key == 'priors':
+          config.ranking.priors = value
+        else:
+          config.decode[key] = value
       os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
       for f in ('eval_state.json',):
         if os.path.exists(os.path.join(workdir, f)):
           os.remove(os.path.join(workdir, f))
       out[f'{variant}/{name}'] = _strip(evaluate.run_evaluation(config, workdir))
-  for types in (0.0, 0.2):
+  for types in (0.0, 0.2):  # the landed baseline.min_type_match
     config = baselines.get_config('complex,default')
     config.data.root = raw
     config.data.layout = 'triples'
     config.baseline.num_epochs = 20
     config.baseline.eval_every = 5
     config.baseline.progress_bar = False
-    config.baseline.min_type_match = types
+    config.ranking.priors = (f'answer_type={types}',) if types else ()
     workdir = os.path.join(base, f'complex_{types}')
     shutil.copytree(os.path.join(base, 'rl', 'prepared'), os.path.join(workdir, 'prepared'))
     result = baseline_train.train_and_evaluate(config, workdir)

@@ -36,10 +36,10 @@ def test_triple_folder_round_trip(tmp_path, sep, newline):
   kg = kg_lib.load_kg(triple_folder(tmp_path, sep=sep, newline=newline))
   assert names(kg, 'train') == TRAIN and names(kg, 'valid') == VALID and names(kg, 'test') == TEST
   assert kg.num_entities == 4 and kg.num_relations == 2
-  assert kg.num_tokens == 4 + 2 * 2 + 4
+  assert kg.space.num_tokens == 4 + 2 * 2 + 4
   assert kg.vocabulary[:4] == ['<pad>', '<bos>', '<eos>', '<mask>']
-  assert kg.vocabulary[kg.relation_token(kg.relation_id('likes_inv'))] == 'likes_inv'
-  assert kg.token_name(kg.entity_token(kg.entity_id('c'))) == 'c'
+  assert kg.vocabulary[kg.space.relation_token(kg.relation_id('likes_inv'))] == 'likes_inv'
+  assert kg.token_name(kg.space.entity_token(kg.entity_id('c'))) == 'c'
 
 
 def test_openbg_layout_round_trip(tmp_path):

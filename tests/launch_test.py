@@ -16,7 +16,7 @@ TINY = ['--config.model.emb_dim=32', '--config.model.num_layers=1', '--config.mo
 
 
 def launch(workdir, raw, *extra):
-  cmd = [sys.executable, 'launch.py', '--config=configs/umls.py', f'--config.data.root={raw}',
+  cmd = [sys.executable, 'launch.py', '--config=configs/structure.py', f'--config.data.root={raw}',
          f'--workdir={workdir}', *TINY, *extra]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -131,7 +131,7 @@ def test_noise_statistics():
   losses = {'fig': 0.5, 'ocr': 1.5}
   for noise_scale in (1.0, 2.0):
     tx = modality_modulation({'fig': 'fig', 'ocr': 'ocr'}, ALPHA,
-                             noise_scale=noise_scale, seed=7)
+                             noise_scale=noise_scale, key=jax.random.key(7))
     update = jax.jit(lambda g, s: tx.update(g, s, modality_losses=losses))
     state = tx.init(params)
     noise = {'fig': [], 'ocr': []}
@@ -149,12 +149,12 @@ def test_noise_statistics():
     assert not np.allclose(noise['fig'][0], noise['fig'][1])
 
 
-def test_noise_is_deterministic_per_seed():
+def test_noise_is_deterministic_per_key():
   g = _grads()
   losses = {'fig': 1.0, 'ocr': 2.0}
   outs = []
   for seed in (0, 0, 1):
-    tx = modality_modulation(LABELS, ALPHA, seed=seed)
+    tx = modality_modulation(LABELS, ALPHA, key=jax.random.PRNGKey(seed))
     outs.append(tx.update(g, tx.init(g), modality_losses=losses)[0]['fig'])
   np.testing.assert_array_equal(outs[0], outs[1])
   assert not np.allclose(outs[0], outs[2])
@@ -224,7 +224,7 @@ def test_callable_and_prefix_labels():
 def test_chain_with_clip_and_adamw_and_jit():
   params, g = _params(), _grads(scale=10.0)
   losses = {'fig': 0.5, 'ocr': 2.0}
-  mod = modality_modulation(LABELS, ALPHA, seed=3)
+  mod = modality_modulation(LABELS, ALPHA, key=jax.random.PRNGKey(3))
   clip, adam = optax.clip_by_global_norm(1.0), optax.adamw(1e-2)
   tx = optax.chain(mod, clip, adam)
   state = tx.init(params)

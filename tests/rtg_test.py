@@ -4,11 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imkga_jax import kg as kg_lib
 from imkga_jax import rtg
 from imkga_jax.kg import BOS, EOS, MASK, PAD
 
 # Token layout of a KG with R = 3: relations 4..9 (inverses 7..9), entities from 10.
-C = rtg.RtgConstants(r_good=1.0, r_bad=-1.0, r_step=-0.1, entity_offset=10)
+C = rtg.RtgConstants(r_good=1.0, r_bad=-1.0, r_step=-0.1, space=kg_lib.TokenSpace(3, 20))
 R1, R2, E1, E2, T = 4, 8, 11, 12, 13
 
 
@@ -96,6 +97,6 @@ def test_next_rtg_matches_sequence_and_runs_under_jit():
 
 def test_constants_from_config():
   from configs import default  # pylint: disable=g-import-not-at-top
-  c = rtg.constants_from_config(default.get_config(), num_relations=3)
-  assert c.entity_offset == 10 and c.r_good > 0 > c.r_bad and c.r_step < 0
+  c = rtg.constants_from_config(default.get_config(), kg_lib.TokenSpace(3, 20))
+  assert c.space.entity_offset == 10 and c.r_good > 0 > c.r_bad and c.r_step < 0
   assert c.missing_similarity == 0.5

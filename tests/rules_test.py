@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from configs import default
+from data_prep import grounding
 from data_prep import rules
+from data_prep import train_graph
 from imkga_jax import kg as kg_lib
 
 
@@ -94,7 +96,7 @@ def test_scorers_match_brute_force_on_a_random_graph():
   rng = np.random.default_rng(0)
   triples = {(int(rng.integers(9)), int(rng.integers(3)), int(rng.integers(9))) for _ in range(40)}
   triples = np.asarray(sorted(triples), np.int64)
-  graph = rules.TrainGraph(triples, 9, 3)
+  graph = train_graph.TrainGraph(triples, 9, 3)
   dense = rules._DenseGraph(graph)
   bodies = [(a,) for a in range(6)] + [(a, b) for a in range(6) for b in range(6)]
   bodies += [(a, b, c) for a in range(6) for b in range(6) for c in range(6)]
@@ -125,9 +127,9 @@ def test_symmetric_relation():
   assert found['married'][('married_inv',)] == pytest.approx(1.0)
   assert ('married',) not in found['married']  # r <- r is no rule
   # A married pair's own edge is not a grounding: the path uses the reverse fact.
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   queries = kg.with_inverses('train')
-  paths = rules.ground_paths(graph, rules.mine_rules(kg, small_config()), queries,
+  paths = grounding.ground_paths(graph, rules.mine_rules(kg, small_config()), queries,
                              paths_per_triple=4)
   married = kg.relation_id('married')
   for q, rel, hops in zip(paths.query, paths.relations, paths.hops):
@@ -141,9 +143,9 @@ def test_three_hop_chain_rule_and_grounding():
   found = named_rules(kg, ruleset)
   assert found['r'][('a', 'b', 'c')] == pytest.approx(1.0)
   assert found['r_inv'][('c_inv', 'b_inv', 'a_inv')] == pytest.approx(1.0)
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   queries = kg.with_inverses('train')
-  paths = rules.ground_paths(graph, ruleset, queries, paths_per_triple=2, seed=3)
+  paths = grounding.ground_paths(graph, ruleset, queries, paths_per_triple=2, seed=3)
   r = kg.relation_id('r')
   for i in range(10):
     q = int(np.flatnonzero((queries[:, 0] == kg.entity_id(f'x{i}')) & (queries[:, 1] == r))[0])
@@ -160,8 +162,8 @@ def test_graph_without_rules_grounds_nothing():
   kg = make_kg(triples)
   ruleset = rules.mine_rules(kg, small_config())
   assert ruleset.num_rules() == 0
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
-  paths = rules.ground_paths(graph, ruleset, kg.with_inverses('train'), paths_per_triple=4)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  paths = grounding.ground_paths(graph, ruleset, kg.with_inverses('train'), paths_per_triple=4)
   assert len(paths.query) == 0
 
 
@@ -184,10 +186,10 @@ def check_paths(kg, graph, queries, paths, k):
 def test_grounding_is_valid_deterministic_and_bounded():
   kg = composition_kg()
   ruleset = rules.mine_rules(kg, small_config(min_confidence=0.01))
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   queries = kg.with_inverses('train')
-  a = rules.ground_paths(graph, ruleset, queries, paths_per_triple=3, paths_per_rule=2, seed=5)
-  b = rules.ground_paths(graph, ruleset, queries, paths_per_triple=3, paths_per_rule=2, seed=5)
+  a = grounding.ground_paths(graph, ruleset, queries, paths_per_triple=3, paths_per_rule=2, seed=5)
+  b = grounding.ground_paths(graph, ruleset, queries, paths_per_triple=3, paths_per_rule=2, seed=5)
   for field in ('query', 'relations', 'entities', 'hops'):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
   check_paths(kg, graph, queries, a, k=3)
@@ -202,16 +204,16 @@ def test_fanout_sampling_keeps_paths_valid():
   triples += [('shop', 'located_in', 'g0')] + [(f'p{p}', 'ships_from', 'g0') for p in range(40)]
   kg = make_kg(triples)
   ruleset = rules.mine_rules(kg, small_config())
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   queries = kg.with_inverses('train')
-  paths = rules.ground_paths(graph, ruleset, queries, paths_per_triple=4, fanout=3, seed=1)
+  paths = grounding.ground_paths(graph, ruleset, queries, paths_per_triple=4, fanout=3, seed=1)
   check_paths(kg, graph, queries, paths, k=4)
   assert len(paths.query) > 0
 
 
 def test_self_loops_are_left_out_and_counted():
   kg = make_kg([('a', 'r', 'a'), ('a', 'r', 'b'), ('b', 's', 'c')])
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   assert graph.num_self_loops == 1
   assert graph.num_edges == 4  # two facts, both directions
 

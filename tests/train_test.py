@@ -173,7 +173,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(prepared_workdir, tm
 
 def final_params(workdir, config):
   kg = kg_lib.KnowledgeGraph.load(os.path.join(workdir, 'prepared'))
-  _, params, step = train.restore_params(config, workdir, kg.num_tokens)
+  _, params, step = train.restore_params(config, workdir, kg.space.num_tokens)
   return step, jax.tree.leaves(jax.device_get(params))
 
 

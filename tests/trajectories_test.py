@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from configs import default
+from data_prep import grounding
 from data_prep import rules
+from data_prep import train_graph
 from data_prep import trajectories
 from imkga_jax import input_pipeline
 from imkga_jax import kg as kg_lib
+from imkga_jax import prepared as prepared_lib
 from imkga_jax import rtg as rtg_lib
 
 
@@ -36,7 +39,6 @@ def small_config():
   config.rules.num_walks = 4000
   config.trajectories.num_shards = 3
   config.trajectories.negative_share = 0.25
-  config.trajectories.reader_threads = 1
   config.train.batch_size = 4
   config.train.shuffle_buffer = 64
   return config
@@ -58,7 +60,7 @@ def built(tmp_path_factory):
 def read_all(prepared, config, **kwargs):
   ds = input_pipeline.create_train_dataset(prepared, config, repeat=False, **kwargs)
   batches = list(ds.as_numpy_iterator())
-  return {k: np.concatenate([b[k] for b in batches]) for k in input_pipeline.EXAMPLE_KEYS}
+  return {k: np.concatenate([b[k] for b in batches]) for k in prepared_lib.EXAMPLE_KEYS}
 
 
 def rows_of(ex):
@@ -86,7 +88,7 @@ def test_stats_and_rules_file(built):
 
 def test_tfrecord_round_trip(built):
   kg, config, prepared, stats, images = built
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules.RuleSet.load(os.path.join(prepared, 'rules.json'), kg)
   traj, _ = trajectories.assemble(kg, config, graph, ruleset,
                                   trajectories.load_image_vectors(prepared, kg), int(config.seed))
@@ -98,7 +100,7 @@ def test_tfrecord_round_trip(built):
             'rtg': traj.rtg[:, row]}
     assert len(got['kind']) == stats['trajectories']['examples'] // 4 * 4  # remainder dropped
     assert set(rows_of(got)) <= set(rows_of(want))
-    for key in input_pipeline.EXAMPLE_KEYS:
+    for key in prepared_lib.EXAMPLE_KEYS:
       assert got[key].dtype == (np.float32 if key == 'rtg' else np.int32), key
 
 
@@ -111,13 +113,13 @@ def test_example_contents(built):
     actions, values, kind = ex['actions'][i], ex['rtg'][i], ex['kind'][i]
     n = int(np.flatnonzero(actions == kg_lib.EOS)[0])  # tokens before <eos>
     assert np.all(actions[n + 1:] == kg_lib.PAD) and np.all(values[n:] == values[n])
-    assert kg.is_entity_token(actions[n - 1])
-    assert np.all(kg.is_relation_token(actions[0:n - 1:2]))
-    assert np.all(kg.is_entity_token(actions[1:n:2]))
-    ends_at_target = kg.token_to_entity(actions[n - 1]) == ex['target'][i]
-    assert values[0] == (c.r_bad if kind == input_pipeline.KIND_NEGATIVE else c.r_good)
-    assert ends_at_target == (kind != input_pipeline.KIND_NEGATIVE)
-    if kind == input_pipeline.KIND_DIRECT:
+    assert kg.space.is_entity(actions[n - 1])
+    assert np.all(kg.space.is_relation(actions[0:n - 1:2]))
+    assert np.all(kg.space.is_entity(actions[1:n:2]))
+    ends_at_target = kg.space.token_to_entity(actions[n - 1]) == ex['target'][i]
+    assert values[0] == (c.r_bad if kind == prepared_lib.KIND_NEGATIVE else c.r_good)
+    assert ends_at_target == (kind != prepared_lib.KIND_NEGATIVE)
+    if kind == prepared_lib.KIND_DIRECT:
       assert n == 1
     if ends_at_target:  # the last step earns R̂1·cos(f_t, f_t) = R̂1 if t has an image, else ½R̂1
       gain = 1.0 if present[ex['target'][i]] else 0.5
@@ -147,11 +149,11 @@ def test_process_split_seed_and_order(built):
                                                  skip_batches=7)
   for want in full[7:]:  # a resumed run reads what an uninterrupted one reads at that step
     got = next(resumed)
-    for key in input_pipeline.EXAMPLE_KEYS:
+    for key in prepared_lib.EXAMPLE_KEYS:
       np.testing.assert_array_equal(got[key], want[key])
   batch = next(input_pipeline.create_train_iterator(prepared, config, process_index=0,
                                                     process_count=1))
-  assert sorted(batch) == sorted(input_pipeline.EXAMPLE_KEYS)
+  assert sorted(batch) == sorted(prepared_lib.EXAMPLE_KEYS)
   assert batch['actions'].shape == batch['rtg'].shape == (4, 7) and batch['kind'].shape == (4,)
 
 
@@ -173,18 +175,18 @@ def test_graph_without_rules_gives_direct_trajectories():
   kg = make_kg([(f'e{i}', f'rel{i}', f'e{i + 1}') for i in range(6)])
   config = small_config()
   config.trajectories.negative_share = 0.0
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules.mine_rules(kg, config, graph=graph)
   traj, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)
   assert stats['direct'] == stats['queries'] == len(traj) and stats['direct_share'] == 1.0
-  assert np.all(traj.kind == input_pipeline.KIND_DIRECT)
+  assert np.all(traj.kind == prepared_lib.KIND_DIRECT)
   np.testing.assert_array_equal(traj.actions[:, 1], kg_lib.EOS)
-  np.testing.assert_array_equal(kg.token_to_entity(traj.actions[:, 0]), traj.target)
+  np.testing.assert_array_equal(kg.space.token_to_entity(traj.actions[:, 0]), traj.target)
 
 
 def test_negative_walks_miss_the_target():
   kg = composition_kg()
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   queries = kg.with_inverses('train').astype(np.int64)
   q, rel, ent = trajectories.sample_negative_walks(graph, queries, 50, 3, np.random.default_rng(0))
   assert len(q) == 50
@@ -205,16 +207,16 @@ def test_also_direct_adds_direct_trajectories_for_grounded_queries(mode):
   config = small_config()
   config.trajectories.negative_share = 0.0
   config.trajectories.also_direct = mode
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules.mine_rules(kg, config, graph=graph)
   traj, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)
   queries = kg.with_inverses('train')
-  direct = traj.kind == input_pipeline.KIND_DIRECT
-  rule = traj.kind == input_pipeline.KIND_RULE
+  direct = traj.kind == prepared_lib.KIND_DIRECT
+  rule = traj.kind == prepared_lib.KIND_RULE
   grounded = set(zip(traj.head_token[rule].tolist(), traj.relation_token[rule].tolist(),
                      traj.target[rule].tolist()))
-  heads = kg.entity_token(queries[:, 0])
-  keys = list(zip(heads.tolist(), kg.relation_token(queries[:, 1]).tolist(), queries[:, 2].tolist()))
+  heads = kg.space.entity_token(queries[:, 0])
+  keys = list(zip(heads.tolist(), kg.space.relation_token(queries[:, 1]).tolist(), queries[:, 2].tolist()))
   image_head = np.isin(queries[:, 0], [kg.entity_id(n) for n in kg.images])
   expected = {k for k, img in zip(keys, image_head)
               if k not in grounded or mode == 'all' or (mode == 'image_heads' and img)}
@@ -241,27 +243,27 @@ def test_image_direct_repeat_copies_only_ungrounded_image_head_direct_trajectori
   config = small_config()
   config.trajectories.negative_share = 0.0
   config.trajectories.also_direct = 'image_heads'
-  graph = rules.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
+  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
   ruleset = rules.mine_rules(kg, config, graph=graph)
   once, stats1 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
   config.trajectories.image_direct_repeat = 3
   thrice, stats3 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
-  image_tokens = kg.entity_token(np.asarray([kg.entity_id(n) for n in kg.images]))
+  image_tokens = kg.space.entity_token(np.asarray([kg.entity_id(n) for n in kg.images]))
 
   def count(traj, image, grounded):
-    rule = traj.kind == input_pipeline.KIND_RULE
+    rule = traj.kind == prepared_lib.KIND_RULE
     with_path = set(zip(traj.head_token[rule], traj.relation_token[rule], traj.target[rule]))
     has_path = np.asarray([q in with_path for q in zip(traj.head_token, traj.relation_token,
                                                        traj.target)], bool)
-    direct = traj.kind == input_pipeline.KIND_DIRECT
+    direct = traj.kind == prepared_lib.KIND_DIRECT
     return int((direct & (np.isin(traj.head_token, image_tokens) == image)
                 & (has_path == grounded)).sum())
   assert count(thrice, True, False) == 3 * count(once, True, False) > 0
   assert count(thrice, True, True) == count(once, True, True) > 0  # grounded: one copy
   assert count(thrice, False, False) == count(once, False, False)
   assert stats3['direct_unique'] == stats1['direct_unique'] == stats1['direct']
-  np.testing.assert_array_equal(thrice.kind[thrice.kind != input_pipeline.KIND_DIRECT],
-                                once.kind[once.kind != input_pipeline.KIND_DIRECT])
+  np.testing.assert_array_equal(thrice.kind[thrice.kind != prepared_lib.KIND_DIRECT],
+                                once.kind[once.kind != prepared_lib.KIND_DIRECT])
   # Above every rule's confidence no path counts: grounded image-head queries are repeated too.
   config.trajectories.image_direct_min_confidence = 1.01
   strict, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)

@@ -17,11 +17,11 @@ Standard recipe (Lacroix et al. 2018; Dettmers et al. 2018; Ruffinelli et al. 20
 * model selection on the validation MRR (both directions) every `baseline.eval_every` epochs, with
   patience; the test metrics are those of the best validation checkpoint (kept in memory).
 
-Ranks are computed by the project's shared filtered ranking (`imkga_jax.evaluate`), so the baselines and
-IMKGA-SM are measured by the same code. Outputs in WORKDIR: `metrics.json`
+Ranks are computed by the project's shared filtered ranker (`imkga_jax.ranking`, with the priors of
+`config.ranking.priors`), so the baselines and IMKGA-SM are measured by the same code. Outputs in WORKDIR: `metrics.json`
 (`{"valid"|"test": {"tail"|"head"|"both": {mrr, hits@1, hits@3, hits@10, reached}}}`),
 `metrics_by_relation.json` (`{"test": {relation: {"tail"|"head"|"both": metrics}}}`, IMKGA-SM's
-layout, `evaluate.metrics_by_relation`) and `baseline_history.json` (loss and validation MRR per
+layout, `ranking.metrics_by_relation`) and `baseline_history.json` (loss and validation MRR per
 evaluation).
 
 Run: `python -m imkga_jax.baselines.train --config=configs/baselines.py:complex,umls
@@ -44,10 +44,12 @@ import numpy as np
 import optax
 import tqdm
 
-from imkga_jax import evaluate
 from imkga_jax import kg as kg_lib
+from imkga_jax import priors as priors_lib
+from imkga_jax import ranking
 from imkga_jax.baselines import models
 
+METRICS_FILE = 'metrics.json'
 BY_RELATION_FILE = 'metrics_by_relation.json'
 HISTORY_FILE = 'baseline_history.json'
 TRAINING_MODES = ('1vsall', 'kvsall', 'negsample')
@@ -169,48 +171,9 @@ def make_scorer(model: nn.Module) -> Callable:
   return score
 
 
-def rank_split(score: Callable, state: TrainState, graph: kg_lib.KnowledgeGraph, split: str,
-               batch_size: int, max_queries: int = -1, answer_types: np.ndarray | None = None
-               ) -> dict[str, dict[str, np.ndarray]]:
-  """Filtered ranks of the queries of `split` in both directions (`evaluate.filtered_ranks`).
-
-  `max_queries >= 0` ranks the same seeded subset of triples as `evaluate.direction_queries` (so
-  the figures compare with an IMKGA-SM evaluation run with the same `decode.max_queries`).
-  `answer_types` (`[2R, E]` bool, `evaluate.first_answers_mask`) ranks each query relation's entities
-  of the answer type (and not ruled out by a functional inverse) first, as IMKGA-SM's
-  `decode.min_type_match` / `decode.min_functionality` do.
-
-  Returns:
-    `{'tail'|'head': {'ranks' [n] float, 'reached' [n] bool, 'relations' [n] int}}`; head queries are
-    asked as `(t, r + R, ?)` (`evaluate.direction_queries`), ties get the mean rank.
-  """
-  out = {}
-  for direction, queries in evaluate.direction_queries(graph, split, max_queries).items():  # [n, 3] each
-    indptr, known = graph.filter_csr(queries[:, :2])
-    ranks, reached = [], []
-    for start in range(0, len(queries), batch_size):
-      chunk = queries[start:start + batch_size]
-      padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))  # One compiled shape.
-      scores = np.asarray(score(state.params, state.batch_stats, padded[:, 0], padded[:, 1])
-                          )[:len(chunk)]  # [b, E]
-      if answer_types is not None:
-        scores = np.asarray(evaluate.typed_first(scores, answer_types[chunk[:, 1]]))
-      lo, hi = indptr[start], indptr[start + len(chunk)]
-      ranks.append(evaluate.filtered_ranks(scores, chunk[:, 2],
-                                           indptr[start:start + len(chunk) + 1] - lo, known[lo:hi]))
-      reached.append(np.isfinite(scores[np.arange(len(chunk)), chunk[:, 2]]))
-    out[direction] = {'ranks': np.concatenate(ranks), 'reached': np.concatenate(reached),
-                      'relations': queries[:, 1]}
-  return out
-
-
-def summarize(ranked: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
-  """`{'tail', 'head', 'both': evaluate.ranking_metrics}` of `rank_split`'s output."""
-  metrics = {d: evaluate.ranking_metrics(x['ranks'], x['reached']) for d, x in ranked.items()}
-  metrics['both'] = evaluate.ranking_metrics(
-      np.concatenate([x['ranks'] for x in ranked.values()]),
-      np.concatenate([x['reached'] for x in ranked.values()]))
-  return metrics
+def score_fn(score: Callable, state: TrainState) -> ranking.ScoreFn:
+  """The trained model as the shared ranker's `score_fn` (`[b, 3]` queries -> `[b, E]` scores)."""
+  return lambda queries: score(state.params, state.batch_stats, queries[:, 0], queries[:, 1])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -287,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise FloatingPointError(f'baseline {b.model}: loss is {epoch_loss} in epoch {epoch + 1} '
                                f'(step {int(state.step)}); lower baseline.learning_rate')
     if (epoch + 1) % b.eval_every == 0 or epoch + 1 == b.num_epochs:
-      valid = summarize(rank_split(score, state, graph, 'valid', b.eval_batch_size))
+      valid = ranking.summarize(graph, ranking.rank_split(
+          score_fn(score, state), graph, 'valid', batch_size=b.eval_batch_size))
       valid_mrr = valid['both']['mrr']
       history.append({'epoch': epoch + 1, 'step': int(state.step), 'loss': epoch_loss,
                       'valid_mrr': valid_mrr, 'seconds': time.time() - start_time})
@@ -304,15 +268,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           break
   train_seconds = time.time() - start_time
 
-  metrics = {}
+  metrics, priors = {}, priors_lib.Priors.from_names(graph, config.ranking.priors)
   for split in ('valid', 'test'):
-    ranked = rank_split(score, best, graph, split, b.eval_batch_size, b.max_queries,
-                        evaluate.first_answers_mask(graph, float(b.min_type_match),
-                                                    float(b.min_functionality), 'baseline'))
-    metrics[split] = summarize(ranked)
-  by_relation = evaluate.metrics_by_relation(  # `ranked` is the test split here.
-      graph, {d: (x['relations'], x['ranks'], x['reached']) for d, x in ranked.items()})
-  evaluate.write_metrics(workdir, metrics)
+    metrics[split] = ranking.summarize(graph, ranking.rank_split(
+        score_fn(score, best), graph, split, batch_size=b.eval_batch_size,
+        max_queries=b.max_queries, priors=priors))
+  by_relation = metrics['test'].pop('by_relation')
+  metrics['valid'].pop('by_relation')
+  kg_lib.write_json(os.path.join(workdir, METRICS_FILE), metrics)
   kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
   kg_lib.write_json(os.path.join(workdir, HISTORY_FILE), history)
   logging.info('%s test (both): %s; trained %.1f s', b.model, metrics['test']['both'], train_seconds)
@@ -323,7 +286,7 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   metrics = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(evaluate.format_metrics({k: metrics[k] for k in ('valid', 'test')}))
+  print(ranking.format_metrics({k: metrics[k] for k in ('valid', 'test')}))
   print(f'trained in {metrics["train_seconds"]:.1f} s')
 
 

@@ -23,6 +23,15 @@ sharding rules of the training code):
 Parameters are float32; computation runs in `dtype`; the softmax of the
 attention and the LayerNorm statistics are computed in float32.
 
+**Cached decoding.** With `decode_pos=p` (a static int) the encoder reads only the
+new tokens `x [batch, n, embed]`, which sit at positions `p … p+n-1` of the
+sequence, and keeps the keys and values of every token seen so far in the flax
+`'cache'` collection (`cached_key`, `cached_value`: `[batch, max_tokens, heads, kv]`
+per layer; created on first use when the collection is mutable). Each new token
+attends to the cached tokens before it and to the new ones up to itself, which
+is exactly the causal mask of the full sequence, so the outputs equal those of
+the full computation at the same positions.
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> enc = Encoder(num_layers=2, num_heads=2, mlp_dim=16)
@@ -37,6 +46,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -75,10 +85,14 @@ class SelfAttention(nn.Module):
   dropout_rate: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  # Cached decoding (module docstring): the position of x's first token, and the cache length.
+  decode_pos: int | None = None
+  max_tokens: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x: [batch, tokens, embed]; mask: bool broadcastable to [batch, heads, tokens, tokens]."""
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """x: [batch, tokens, embed]; mask: bool broadcastable to [batch, heads, tokens, tokens]
+    (ignored when decoding: the cache positions give the causal mask)."""
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f'encoder.SelfAttention: width {width} is not divisible by '
@@ -93,6 +107,8 @@ class SelfAttention(nn.Module):
               + bias.astype(self.dtype))  # [batch, tokens, heads, kv]
 
     query, key, value = project('query'), project('key'), project('value')
+    if self.decode_pos is not None:
+      key, value, mask = self._cached(key, value)
     query = query / jnp.sqrt(head_dim).astype(self.dtype)
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)  # [b, h, q, k]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -104,6 +120,23 @@ class SelfAttention(nn.Module):
     out_bias = self.param('out_bias', zeros_init(('embed',)), (width,), jnp.float32)
     return (jnp.einsum('bqhd,hde->bqe', heads, out_kernel.astype(self.dtype))
             + out_bias.astype(self.dtype))  # [batch, tokens, embed]
+
+  def _cached(self, key: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Writes the new keys/values at `decode_pos` into the cache; returns all cached keys and
+    values `[batch, max_tokens, heads, kv]` and the causal mask `[new, max_tokens]`."""
+    batch, new, heads, head_dim = key.shape
+    pos = self.decode_pos
+    if pos + new > self.max_tokens:
+      raise ValueError(f'encoder.SelfAttention: decoding positions {pos}..{pos + new - 1} exceed '
+                       f'the cache of {self.max_tokens} tokens')
+    shape = (batch, self.max_tokens, heads, head_dim)
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
+    cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, pos, axis=1)
+    cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, pos, axis=1)
+    query_pos = pos + jnp.arange(new)[:, None]  # [new, 1]
+    mask = jnp.arange(self.max_tokens)[None, :] <= query_pos  # [new, max_tokens]
+    return cached_key.value, cached_value.value, mask
 
 
 class FeedForward(nn.Module):
@@ -134,13 +167,15 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  decode_pos: int | None = None
+  max_tokens: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
     drop = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
     y = layer_norm(self.dtype, 'ln_attention')(x)
     y = SelfAttention(self.num_heads, self.attention_dropout_rate, self.deterministic,
-                      self.dtype, name='attention')(y, mask)
+                      self.dtype, self.decode_pos, self.max_tokens, name='attention')(y, mask)
     x = x + drop(y)  # Eq. 18
     y = layer_norm(self.dtype, 'ln_mlp')(x)
     y = FeedForward(self.mlp_dim, self.dropout_rate, self.deterministic, self.dtype,
@@ -159,6 +194,8 @@ class Encoder(nn.Module):
     attention_dropout_rate: dropout on the attention probabilities.
     deterministic: True disables dropout.
     dtype: computation dtype.
+    decode_pos: cached decoding (module docstring): position of x's first token; None = off.
+    max_tokens: cache length (the longest sequence) when decoding.
   """
   num_layers: int
   num_heads: int
@@ -167,15 +204,18 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  decode_pos: int | None = None
+  max_tokens: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x: [batch, tokens, embed]; mask: bool [tokens, tokens] (or broadcastable). Returns [batch, tokens, embed]."""
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """x: [batch, tokens, embed]; mask: bool [tokens, tokens] (or broadcastable; None when
+    decoding). Returns [batch, tokens, embed]."""
     blocks = nn.scan(
-        EncoderBlock, variable_axes={'params': 0},
+        EncoderBlock, variable_axes={'params': 0, 'cache': 0},
         split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,),
         length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
     x, _ = blocks(self.num_heads, self.mlp_dim, self.dropout_rate,
                   self.attention_dropout_rate, self.deterministic, self.dtype,
-                  name='blocks')(x, mask)
+                  self.decode_pos, self.max_tokens, name='blocks')(x, mask)
     return layer_norm(self.dtype, 'ln_final')(x)

@@ -47,6 +47,13 @@ feature dims of the ∅ vectors, positions).
 **dtype.** Parameters are float32; computation runs in `config.model.dtype`;
 logits come back in that dtype (`losses.path_loss` upcasts to float32).
 
+**Cached decoding** (`IMKGA.decode_step`): step n feeds only the two new tokens
+`a_{n-1}` and `C(R̂n, s)` (just `C(R̂0, s)` at n = 0), keeps every earlier
+token's keys and values in the flax `'cache'` collection (`encoder.py`), and
+returns the logits at `C_n` for a contiguous token range only (a typed head: a
+relation position never needs the entity logits). It equals
+`model.apply(...)[:, :, n, lo:hi]` of the full sequence.
+
 Example:
   >>> import jax
   >>> from configs import default
@@ -64,6 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from imkga_jax import masks
+from imkga_jax import prepared
 from imkga_jax.models import encoder
 
 VARIANTS = ('no_img', 'mkg', 'rl', 'mkg_rl')
@@ -73,6 +81,8 @@ _BRANCH_SLOTS = {'fig': (1.0, 0.0), 'ocr': (0.0, 1.0), 'concat': (1.0, 1.0)}
 # Scale of the shared output bias per branch (Eq. 21-22: b/2 for single-modal branches).
 _BIAS_SCALE = {'fig': 0.5, 'ocr': 0.5, 'concat': 1.0}
 _EMBED_STD = 0.02
+# Axis of the rows (batch) in every array of the decoding cache: [branch, layer, row, token, head, kv].
+CACHE_ROW_AXIS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +146,7 @@ class ModelConfig:
     return cls(vocab_size=int(num_tokens), num_steps=2 * int(config.trajectories.max_hops) + 1,
                variant=m.variant, emb_dim=m.emb_dim, num_layers=m.num_layers,
                num_heads=m.num_heads, mlp_dim=m.mlp_dim, dropout_rate=m.dropout_rate,
-               attention_dropout_rate=m.attention_dropout_rate, dtype=m.dtype,
+               attention_dropout_rate=m.dropout_rate, dtype=m.dtype,
                fig_dim=config.features.fig_dim, ocr_dim=config.features.ocr_dim)
 
 
@@ -147,14 +157,18 @@ class Branch(nn.Module):
   """
   config: ModelConfig
   deterministic: bool = True
+  # Cached decoding of step n (module docstring): `rtg` is [batch, 1] (R̂n) and `action_emb`
+  # [batch, 1, embed] (a_{n-1}; [batch, 0, embed] at n = 0). None: whole sequences.
+  decode_step: int | None = None
 
   @nn.compact
   def __call__(self, query: jax.Array, rtg: jax.Array, fig: jax.Array, ocr: jax.Array,
                fig_present: jax.Array, ocr_present: jax.Array, action_emb: jax.Array,
                token_keep: jax.Array, slots: jax.Array) -> jax.Array:
-    """Returns the encoder output at the state tokens, [batch, steps, embed]."""
+    """Returns the encoder output at the state tokens, [batch, steps, embed] ([batch, 1, embed]
+    when decoding)."""
     cfg, dtype = self.config, self.config.compute_dtype
-    batch, steps = action_emb.shape[:2]
+    batch, steps = rtg.shape
     parts = []  # pieces of the state vector, each [batch, steps, ·]
     if cfg.use_rtg:
       parts.append(rtg[..., None].astype(dtype))
@@ -173,11 +187,19 @@ class Branch(nn.Module):
                      name='state_proj')(jnp.concatenate(parts, axis=-1))  # [B, L, E]
     state = nn.sigmoid(encoder.layer_norm(dtype, 'ln_state')(state))  # Eq. 15
     action = nn.sigmoid(encoder.layer_norm(dtype, 'ln_action')(action_emb))  # Eq. 15
-    x = jnp.stack([state, action], axis=2).reshape(batch, 2 * steps, cfg.emb_dim)  # [B, 2L, E]
-    x = x * token_keep[..., None].astype(dtype)  # Mask II
     positions = self.param('position', nn.with_logical_partitioning(
         nn.initializers.normal(_EMBED_STD), (None, 'embed')), (cfg.num_steps, cfg.emb_dim),
         jnp.float32)
+    n = self.decode_step
+    if n is not None:  # the new tokens [a_{n-1}, C_n] (only C_0 at n = 0)
+      x = jnp.concatenate([action, state], axis=1)  # [B, 1 or 2, E]
+      x = x + positions[max(n - action.shape[1], 0):n + 1].astype(dtype)  # Eq. 14
+      x = encoder.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
+                          cfg.attention_dropout_rate, True, dtype, decode_pos=2 * n + 1 - x.shape[1],
+                          max_tokens=2 * cfg.num_steps, name='encoder')(x, None)
+      return x[:, -1:]  # [B, 1, E]: the output at C_n
+    x = jnp.stack([state, action], axis=2).reshape(batch, 2 * steps, cfg.emb_dim)  # [B, 2L, E]
+    x = x * token_keep[..., None].astype(dtype)  # Mask II
     x = x + jnp.repeat(positions[:steps], 2, axis=0).astype(dtype)  # Eq. 14: shared per step
     x = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
     x = encoder.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
@@ -204,11 +226,15 @@ class IMKGA(nn.Module):
     return self.config.branches
 
   @nn.compact
-  def __call__(self, inputs: dict[str, Any], train: bool = False) -> jax.Array:
+  def __call__(self, inputs: dict[str, Any], train: bool = False, decode_step: int | None = None,
+               token_range: tuple[int, int] | None = None, output_step: int | None = None
+               ) -> jax.Array:
     cfg, dtype = self.config, self.config.compute_dtype
-    _check_inputs(cfg, inputs)
-    actions = jnp.asarray(inputs['actions'], jnp.int32)  # [B, L]
-    batch, steps = actions.shape
+    if decode_step is None:
+      _check_inputs(cfg, inputs)
+    actions = jnp.asarray(inputs['actions'], jnp.int32)  # [B, L] ([B, 0 or 1] when decoding)
+    batch = actions.shape[0]
+    steps = 1 if decode_step is not None else actions.shape[1]
     table = self.param('token_embedding', nn.with_logical_partitioning(
         nn.initializers.normal(_EMBED_STD), ('vocab', 'embed')),
         (cfg.vocab_size, cfg.emb_dim), jnp.float32).astype(dtype)  # [V, E]
@@ -231,15 +257,30 @@ class IMKGA(nn.Module):
     slots = jnp.asarray([_BRANCH_SLOTS[b] for b in cfg.branches], jnp.float32)  # [K, 2]
 
     branches = nn.vmap(
-        Branch, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+        Branch, variable_axes={'params': 0, 'cache': 0},
+        split_rngs={'params': True, 'dropout': True},
         in_axes=(None,) * 8 + (0,), out_axes=0, axis_size=len(cfg.branches),
         metadata_params={nn.PARTITION_NAME: 'branch'})
-    hidden = branches(cfg, deterministic=not train, name='branches')(
+    hidden = branches(cfg, deterministic=not train, decode_step=decode_step, name='branches')(
         query, rtg, fig, ocr, fig_present, ocr_present, action_emb, token_keep,
         slots)  # [K, B, L, E]
+    if output_step is not None:  # the head at one step only (uncached decoding)
+      hidden = hidden[:, :, output_step:output_step + 1]  # [K, B, 1, E]
+    lo, hi = token_range if token_range is not None else (0, cfg.vocab_size)
     scale = jnp.asarray([_BIAS_SCALE[b] for b in cfg.branches], dtype)  # [K]
-    logits = jnp.einsum('kble,ve->kblv', hidden, table)  # tied head, [K, B, L, V]
-    return logits + scale[:, None, None, None] * bias
+    logits = jnp.einsum('kble,ve->kblv', hidden, table[lo:hi])  # tied head, [K, B, L, V]
+    return logits + scale[:, None, None, None] * bias[lo:hi]
+
+  def decode_step(self, inputs: dict[str, Any], step: int, token_range: tuple[int, int]
+                  ) -> jax.Array:
+    """Logits `[branches, B, hi - lo]` at `C_step` for tokens `lo … hi-1` (cached decoding).
+
+    Call with `model.apply({'params': p, 'cache': c}, inputs, step, (lo, hi),
+    method=IMKGA.decode_step, mutable=['cache'])` (no 'cache' at step 0: it is created).
+    `inputs` holds the query context of `__call__` per row, `actions [B, 1]` = a_{step-1}
+    (`[B, 0]` at step 0) and `rtg [B, 1]` = R̂_step. Steps must be fed in order 0, 1, …
+    """
+    return self(inputs, decode_step=step, token_range=token_range)[:, :, 0]
 
 
 def select_branch(model: IMKGA, params: Any, branch: str) -> tuple[IMKGA, Any]:
@@ -263,16 +304,9 @@ def build_model(config: Any, num_tokens: int) -> IMKGA:
   return IMKGA(ModelConfig.from_config(config, num_tokens))
 
 
-def dummy_inputs(config: ModelConfig, batch_size: int = 1) -> dict[str, jax.Array]:
+def dummy_inputs(config: ModelConfig, batch_size: int = 1) -> dict[str, Any]:
   """Zero inputs of the right shapes and dtypes, for `init` / `jax.eval_shape`."""
-  b, steps = batch_size, config.num_steps
-  return {
-      'head_token': jnp.zeros((b,), jnp.int32), 'relation_token': jnp.zeros((b,), jnp.int32),
-      'actions': jnp.zeros((b, steps), jnp.int32), 'rtg': jnp.zeros((b, steps), jnp.float32),
-      'fig': jnp.zeros((b, config.fig_dim), jnp.float32),
-      'ocr': jnp.zeros((b, config.ocr_dim), jnp.float32),
-      'fig_present': jnp.zeros((b,), jnp.bool_), 'ocr_present': jnp.zeros((b,), jnp.bool_),
-      'token_keep': jnp.ones((b, 2 * steps), jnp.bool_)}
+  return prepared.dummy_inputs(config.num_steps, config.fig_dim, config.ocr_dim, batch_size)
 
 
 def _check_inputs(cfg: ModelConfig, inputs: dict[str, Any]) -> None:

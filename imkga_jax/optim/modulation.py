@@ -38,6 +38,13 @@ The state keeps the dominant modality's ratio (a scalar) and the applied
 coefficients, float32 [num_modalities] ordered by the SORTED modality labels,
 e.g. ``('fig', 'ocr')``.
 
+Stacked parameters. Models that stack the parameters of several branches on a
+leading axis (one ``vmap``/``scan`` over branches, one traced computation) label
+such a leaf with ``PerIndex(('fig', 'ocr', None))``: index i of axis 0 belongs
+to the i-th label. Each labelled slice is then treated as a tensor of its own
+(its own std and noise draw), exactly as if the branches were separate leaves.
+One noise key is split off per labelled tensor, in leaf order, then index order.
+
 Example:
 
   >>> import jax, jax.numpy as jnp, optax
@@ -61,13 +68,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
-Labels = Any  # a pytree (prefix of params) of `str | None`
+Labels = Any  # a pytree (prefix of params) of `str | None | PerIndex`
 LabelsOrFn = Labels | Callable[[Any], Labels]
 
 # Added to a std before it scales N(0, 1) (Eq. 28, OGM-GE).
 _NOISE_EPS = 1e-8
 # Guards the ratio's denominator against zero losses / scores.
 _TINY = 1e-12
+
+
+class PerIndex:
+  """A label per index of a leaf's leading axis (module docstring: stacked parameters).
+
+  Example:
+    >>> PerIndex(('fig', 'ocr', None)).labels
+    ('fig', 'ocr', None)
+  """
+  __slots__ = ('labels',)
+
+  def __init__(self, labels: Sequence[str | None]):
+    self.labels = tuple(labels)
+
+  def __repr__(self) -> str:
+    return f'PerIndex({self.labels!r})'
 
 
 class ModalityModulationState(NamedTuple):
@@ -89,8 +112,13 @@ class ModalityModulationState(NamedTuple):
   coefficients: jax.Array
 
 
-def _is_none(x: Any) -> bool:
-  return x is None
+def _is_label_leaf(x: Any) -> bool:
+  return x is None or isinstance(x, PerIndex)
+
+
+def _names(label: Any) -> tuple[str | None, ...]:
+  """The modality names a label leaf carries (one, or one per index)."""
+  return label.labels if isinstance(label, PerIndex) else (label,)
 
 
 def _unmatched(label_items: list[tuple[Any, Any]], tree: Any) -> list[str]:
@@ -117,12 +145,12 @@ def _leaf_labels(labels: Labels, tree: Any) -> list[str | None]:
       matches no parameter, or when the label tree does not fit `tree`.
   """
   label_items, label_def = jax.tree_util.tree_flatten_with_path(
-      labels, is_leaf=_is_none)
+      labels, is_leaf=_is_label_leaf)
   bad = [(jax.tree_util.keystr(p), l) for p, l in label_items
-         if l is not None and not isinstance(l, str)]
+         if any(n is not None and not isinstance(n, str) for n in _names(l))]
   if bad:
     raise ValueError(
-        f'modality_modulation: labels must be str or None, got {bad[:5]}. '
+        f'modality_modulation: labels must be str or None (or PerIndex of them), got {bad[:5]}. '
         'Give each parameter (or subtree) a modality name or None.')
   try:
     subtrees = label_def.flatten_up_to(tree)
@@ -141,15 +169,36 @@ def _leaf_labels(labels: Labels, tree: Any) -> list[str | None]:
         f'modality_modulation: labels {empty} match no parameter (their subtree '
         'is empty). Check the label tree (or label function) against params.')
   per_leaf = []
-  for (_, label), sub in zip(label_items, subtrees):
-    per_leaf.extend([label] * len(jax.tree.leaves(sub)))
+  for (path, label), sub in zip(label_items, subtrees):
+    leaves = jax.tree.leaves(sub)
+    if isinstance(label, PerIndex):
+      wrong = [jnp.shape(x) for x in leaves
+               if not jnp.ndim(x) or jnp.shape(x)[0] != len(label.labels)]
+      if wrong:
+        raise ValueError(
+            f'modality_modulation: {jax.tree_util.keystr(path) or "<root>"}={label!r} has '
+            f'{len(label.labels)} labels but its leaves have leading axes {wrong[:3]}; '
+            'give one label per index of the stacked axis.')
+    per_leaf.extend([label] * len(leaves))
   return per_leaf
+
+
+def _labelled_slices(leaf_labels: Sequence[Any]) -> list[tuple[int, int | None, str]]:
+  """`(leaf index, axis-0 index or None for the whole leaf, modality)` of every labelled tensor, in
+  leaf order, then index order (the order noise keys are handed out)."""
+  out = []
+  for i, label in enumerate(leaf_labels):
+    if isinstance(label, PerIndex):
+      out.extend((i, j, name) for j, name in enumerate(label.labels) if name is not None)
+    elif label is not None:
+      out.append((i, None, label))
+  return out
 
 
 def _modalities(leaf_labels: Sequence[str | None],
                 expected: Sequence[str] | None) -> tuple[str, ...]:
   """The sorted modality names; checks them against `expected` if given."""
-  found = sorted({l for l in leaf_labels if l is not None})
+  found = sorted({n for l in leaf_labels for n in _names(l) if n is not None})
   if expected is not None:
     unknown = sorted(set(found) - set(expected))
     if unknown:
@@ -189,6 +238,15 @@ def _stack_values(values: Mapping[str, Any], names: tuple[str, ...],
           f'{value.shape}. Reduce it (e.g. mean over the batch) first.')
     out.append(value)
   return jnp.stack(out)  # [M]
+
+
+def _raw_key(key: jax.Array | None) -> jax.Array:
+  """A uint32 [2] key (kept in the state) from a typed or raw key."""
+  if key is None:
+    return jax.random.PRNGKey(0)
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return jnp.asarray(key, jnp.uint32)
 
 
 def modulation_coefficients(
@@ -235,7 +293,7 @@ def modality_modulation(
     param_labels: LabelsOrFn,
     alpha: float,
     noise_scale: float = 1.0,
-    seed: int = 0,
+    key: jax.Array | None = None,
     *,
     start_step: int = 0,
     end_step: int | None = None,
@@ -251,12 +309,14 @@ def modality_modulation(
 
   Args:
     param_labels: a pytree with the structure of params (or a prefix of it)
-      whose leaves are a modality name (str) or None, or a function
-      `params -> such a pytree`. Leaves labelled None pass through unchanged.
+      whose leaves are a modality name (str), None, or `PerIndex` (one of
+      those per index of the leaf's leading axis), or a function `params ->
+      such a pytree`. Leaves (and slices) labelled None pass through unchanged.
     alpha: modulation strength α (OGM-GE default 0.1; IMKGA-SM best 0.6).
     noise_scale: multiplies the noise std `std(grad) + 1e-8`; 0 disables the
       noise (OGM instead of OGM-GE).
-    seed: seed of the noise PRNG key kept in the state.
+    key: the noise PRNG key kept in the state (`jax.random.key` or the raw
+      `jax.random.PRNGKey`); None = `jax.random.PRNGKey(0)`.
     start_step: first update step (0-based, inclusive) that is modulated.
     end_step: last modulated step (inclusive); None or -1 means no end.
     modalities: optional declared modality names; then every label must be one
@@ -291,7 +351,7 @@ def modality_modulation(
                                      params), modalities)
     return ModalityModulationState(
         count=jnp.zeros([], jnp.int32),
-        key=jax.random.PRNGKey(seed),
+        key=_raw_key(key),
         ratio=jnp.ones([], jnp.float32),
         coefficients=jnp.ones([len(names)], jnp.float32))
 
@@ -328,18 +388,18 @@ def modality_modulation(
     key, step_key = jax.random.split(state.key)
 
     leaves, treedef = jax.tree.flatten(updates)
-    labelled = [i for i, l in enumerate(leaf_labels) if l is not None]
-    leaf_keys = jax.random.split(step_key, max(len(labelled), 1))
+    labelled = _labelled_slices(leaf_labels)
+    slice_keys = jax.random.split(step_key, max(len(labelled), 1))
     out = list(leaves)
-    for k, i in enumerate(labelled):
-      g = leaves[i]
-      new = g * coeffs[names.index(leaf_labels[i])].astype(g.dtype)
+    for k, (i, j, name) in enumerate(labelled):
+      g = leaves[i] if j is None else leaves[i][j]
+      new = g * coeffs[names.index(name)].astype(g.dtype)
       if noise_scale:
         std = jnp.std(g.astype(jnp.float32)) + _NOISE_EPS  # before scaling
-        noise = jax.random.normal(leaf_keys[k], g.shape, jnp.float32)
+        noise = jax.random.normal(slice_keys[k], g.shape, jnp.float32)
         noise = jnp.where(active, noise_scale * std, 0.0) * noise
         new = new + noise.astype(g.dtype)
-      out[i] = new
+      out[i] = new if j is None else out[i].at[j].set(new)
     new_state = ModalityModulationState(
         count=optax.safe_increment(state.count), key=key,
         ratio=ratio, coefficients=coeffs)

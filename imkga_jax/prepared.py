@@ -1,0 +1,176 @@
+"""The prepared folder's format, shared by the stages that write it and the code that reads it.
+
+`WORKDIR/prepared/` holds:
+
+| file | written by | holds |
+|---|---|---|
+| `vocab.json`, `triples.npz` | `data_prep.prepare` (`KnowledgeGraph.save`) | names, texts, images; id triples |
+| `features.npz` | `data_prep.features` | per entity: `image_vector`, `image_present`, `ocr_text`, `ocr_vector`, `ocr_present`, `h_fig`, `h_ocr` |
+| `rules.json` | `data_prep.trajectories` | mined rules `{head relation: [[confidence, [body relations]], …]}` |
+| `trajectories/` | `data_prep.trajectories` | TFRecord shards: `query [4]`, `actions [L]`, `rtg [2, L]` |
+| `format.json` | `data_prep.trajectories` | `FORMAT_KEYS`: the sequence length and what preparation decided about the direct form |
+| `stats.json`, `fingerprints.json` | `data_prep.prepare` | statistics; which config made each stage |
+
+A trajectory is `L = 2 * max_hops + 1` action tokens `r1 e1 … rn t <eos> <pad>…` (or the direct form
+`t <eos> <pad>…`) of one of the kinds `KIND_NAMES`. Decoding offers the direct form exactly to the
+queries preparation trained it for (`direct_form` of `format.json`): no key of the decode section
+has to repeat a trajectory setting.
+
+Example:
+  >>> sequence_length(3)
+  7
+  >>> sorted(dummy_inputs(7, fig_dim=8, ocr_dim=3, batch_size=2))[:3]
+  ['actions', 'fig', 'fig_present']
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from imkga_jax import kg as kg_lib
+
+VOCAB_FILE = kg_lib.VOCAB_FILE
+TRIPLES_FILE = kg_lib.TRIPLES_FILE
+FEATURES_FILE = 'features.npz'
+RULES_FILE = 'rules.json'
+TRAJECTORIES_DIR = 'trajectories'
+FORMAT_FILE = 'format.json'
+STATS_FILE = 'stats.json'
+FINGERPRINT_FILE = 'fingerprints.json'
+
+KIND_RULE, KIND_DIRECT, KIND_NEGATIVE = 0, 1, 2
+KIND_NAMES = ('rule', 'direct', 'negative')
+# Column order of the packed `query` feature of a stored trajectory.
+QUERY_FIELDS = ('head_token', 'relation_token', 'target', 'kind')
+# Keys of an unpacked training batch.
+EXAMPLE_KEYS = ('head_token', 'relation_token', 'target', 'actions', 'rtg', 'kind')
+# Per-entity model inputs, and the features.npz arrays they come from.
+FEATURE_KEYS = ('fig', 'ocr', 'fig_present', 'ocr_present')
+FEATURE_SOURCES = {'fig': 'h_fig', 'ocr': 'h_ocr', 'fig_present': 'image_present',
+                   'ocr_present': 'ocr_present'}
+# Which query heads may answer in the direct form `t <eos>` (format.json `direct_form.heads`).
+DIRECT_HEADS = ('all', 'image_heads')
+FORMAT_KEYS = ('seq_len', 'direct_form')
+
+
+def sequence_length(max_hops: int) -> int:
+  """L = 2 * max_hops + 1 action tokens (`r1 e1 … rn t <eos>`)."""
+  return 2 * int(max_hops) + 1
+
+
+def config_sequence_length(config: Any) -> int:
+  """`sequence_length` of `config.trajectories.max_hops`."""
+  return sequence_length(config.trajectories.max_hops)
+
+
+def path(prepared_dir: str, name: str) -> str:
+  return os.path.join(prepared_dir, name)
+
+
+# ============================================================================ format.json
+def direct_form(config: Any) -> dict[str, Any]:
+  """What preparation decides about the direct form `t <eos>` from `config.trajectories`.
+
+  `heads`: 'image_heads' when only queries whose head has an image get it beside their paths
+  (`trajectories.also_direct='image_heads'`), else 'all'. `below_rule_confidence`: when direct
+  trajectories of image heads are repeated (`image_direct_repeat > 1`), they are those no rule of at
+  least `image_direct_min_confidence` grounds; decoding offers the direct form only for query
+  relations whose best rule is weaker than that (0 = no limit).
+  """
+  t = config.trajectories
+  repeat = int(t.image_direct_repeat) > 1
+  return {'heads': 'image_heads' if t.also_direct == 'image_heads' else 'all',
+          'below_rule_confidence': float(t.image_direct_min_confidence) if repeat else 0.0}
+
+
+def write_format(prepared_dir: str, config: Any) -> dict[str, Any]:
+  """Writes `format.json` for trajectories made with `config`; returns what it wrote."""
+  info = {'seq_len': config_sequence_length(config), 'direct_form': direct_form(config)}
+  kg_lib.write_json(path(prepared_dir, FORMAT_FILE), info)
+  return info
+
+
+def read_format(prepared_dir: str) -> dict[str, Any]:
+  """`format.json` of a prepared folder (error naming the file and the fix when absent or old)."""
+  file = path(prepared_dir, FORMAT_FILE)
+  try:
+    with open(file, encoding='utf-8') as f:
+      info = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{file} is missing: the trajectories were made by an older version '
+                            'or not at all; run `launch.py --mode=prepare` again') from None
+  missing = [k for k in FORMAT_KEYS if k not in info]
+  if missing or info['direct_form'].get('heads') not in DIRECT_HEADS:
+    raise ValueError(f'{file}: lacks {missing} or has an unknown direct_form {info.get("direct_form")}'
+                     '; run `launch.py --mode=prepare` again')
+  return info
+
+
+def best_rule_confidence(kg: kg_lib.KnowledgeGraph, prepared_dir: str) -> np.ndarray:
+  """`[2R]` float32: the confidence of each query relation's best mined rule (0 without one)."""
+  file = path(prepared_dir, RULES_FILE)
+  try:
+    with open(file, encoding='utf-8') as f:
+      named = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{file} is missing: run `launch.py --mode=prepare` first') from None
+  best = np.zeros(2 * kg.num_relations, np.float32)
+  for head, rules in named.items():
+    try:
+      best[kg.relation_id(head)] = max((float(c) for c, _ in rules), default=0.0)
+    except KeyError as e:
+      raise KeyError(f'{file}: {e.args[0]}') from None
+  return best
+
+
+def direct_table(kg: kg_lib.KnowledgeGraph, prepared_dir: str) -> np.ndarray:
+  """`[2R, E] bool`: may query (head e, relation r) answer in the direct form (`format.json`)."""
+  form = read_format(prepared_dir)['direct_form']
+  heads = np.ones(kg.num_entities, bool)
+  if form['heads'] == 'image_heads':
+    heads = kg.has_image()
+  relations = np.ones(2 * kg.num_relations, bool)
+  if form['below_rule_confidence'] > 0:
+    relations = best_rule_confidence(kg, prepared_dir) < form['below_rule_confidence']
+  return relations[:, None] & heads[None, :]
+
+
+# ============================================================================ features
+def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: int
+                  ) -> dict[str, np.ndarray]:
+  """Per-entity `FEATURE_KEYS` arrays from features.npz (zeros / False without the file)."""
+  file = path(prepared_dir, FEATURES_FILE)
+  table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
+           'ocr': np.zeros((num_entities, ocr_dim), np.float32),
+           'fig_present': np.zeros((num_entities,), bool),
+           'ocr_present': np.zeros((num_entities,), bool)}
+  if not os.path.exists(file):
+    return table
+  with np.load(file) as f:
+    for key, source in FEATURE_SOURCES.items():
+      value = f[source]
+      if value.shape != table[key].shape:
+        raise ValueError(f'{file}: {source} has shape {value.shape}, expected {table[key].shape} '
+                         '(features and config/KG disagree; re-run --mode=prepare)')
+      table[key] = value.astype(table[key].dtype)
+  return table
+
+
+def head_features(table: Mapping[str, Any], heads: Any) -> dict[str, Any]:
+  """The query heads' rows of the feature table (numpy or jax arrays; works inside jit): the one
+  join of features to queries, for training and decoding alike."""
+  return {key: table[key][heads] for key in FEATURE_KEYS}
+
+
+def dummy_inputs(seq_len: int, fig_dim: int, ocr_dim: int, batch_size: int = 1
+                 ) -> dict[str, np.ndarray]:
+  """Zero model inputs of the right shapes and dtypes (for `init` and `jax.eval_shape`)."""
+  b = batch_size
+  return {'head_token': np.zeros((b,), np.int32), 'relation_token': np.zeros((b,), np.int32),
+          'actions': np.zeros((b, seq_len), np.int32), 'rtg': np.zeros((b, seq_len), np.float32),
+          'fig': np.zeros((b, fig_dim), np.float32), 'ocr': np.zeros((b, ocr_dim), np.float32),
+          'fig_present': np.zeros((b,), bool), 'ocr_present': np.zeros((b,), bool),
+          'token_keep': np.ones((b, 2 * seq_len), bool)}
