@@ -35,14 +35,14 @@ sys.path.insert(0, ROOT)
 def load_kg(name: str):
   from configs import default  # pylint: disable=g-import-not-at-top
   from data_prep import synthetic  # pylint: disable=g-import-not-at-top
-  from imkga_jax import kg as kg_lib  # pylint: disable=g-import-not-at-top
+  from imkga_jax import readers  # pylint: disable=g-import-not-at-top
   if name == 'synthetic':
     out = '/tmp/imkga_bench_synthetic'
     if not os.path.isdir(out):
       synthetic.generate_from_config(default.get_config(), out)
-    return kg_lib.load_kg(out)
+    return readers.load_kg(out)
   if name == 'wn18rr':
-    return kg_lib.load_kg(os.path.join(ROOT, '..', 'shared', 'datasets', 'WN18RR'), unknown='keep')
+    return readers.load_kg(os.path.join(ROOT, '..', 'shared', 'datasets', 'WN18RR'), unknown='keep')
   raise ValueError(f'--datasets: unknown dataset {name!r} (synthetic or wn18rr)')
 
 

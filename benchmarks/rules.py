@@ -59,7 +59,7 @@ def run_one(root: str, repeats: int, write: bool, blas_threads: int, check: bool
   from configs import default  # pylint: disable=g-import-not-at-top
   from data_prep import rules  # pylint: disable=g-import-not-at-top
   from data_prep import trajectories  # pylint: disable=g-import-not-at-top
-  from imkga_jax import kg as kg_lib  # pylint: disable=g-import-not-at-top
+  from imkga_jax import readers  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.rules.blas_threads = blas_threads
@@ -68,7 +68,7 @@ def run_one(root: str, repeats: int, write: bool, blas_threads: int, check: bool
       from data_prep import synthetic  # pylint: disable=g-import-not-at-top
       synthetic.generate_from_config(config, os.path.join(tmp, 'synthetic'))
       root = os.path.join(tmp, 'synthetic')
-    kg = kg_lib.load_kg(root, unknown='keep')
+    kg = readers.load_kg(root, unknown='keep')
   queries = kg.with_inverses('train')
   rss_before = _peak_rss_mb()
   times, mine_times, ground_times = [], [], []

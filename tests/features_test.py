@@ -10,7 +10,7 @@ from data_prep import features
 from data_prep import synthetic
 from data_prep import text_vector
 from data_prep import vgg16
-from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 
 SMALL = dict(widths=(4, 8, 8, 16, 16), dense_width=32, num_classes=10)
 
@@ -71,7 +71,7 @@ def tiny_kg(tmp_path_factory):
   broken = os.path.join(root, 'OpenBG-IMG_images', 'product_0005', 'main.jpg')
   with open(broken, 'r+b') as f:
     f.truncate(300)                                # a truncated JPEG: unreadable
-  return kg_lib.load_kg(root)
+  return readers.load_kg(root)
 
 
 def test_build_features_writes_the_contract(tiny_kg, tmp_path, monkeypatch):

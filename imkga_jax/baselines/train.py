@@ -45,7 +45,9 @@ import optax
 import tqdm
 
 from imkga_jax import evaluate
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 from imkga_jax.baselines import models
 
 BY_RELATION_FILE = 'metrics_by_relation.json'
@@ -69,7 +71,7 @@ def load_graph(config: ml_collections.ConfigDict, workdir: str) -> kg_lib.Knowle
     return kg_lib.KnowledgeGraph.load(prepared)
   if config.data.root and not config.data.synthetic:
     logging.info('%s has no prepared KG; reading the raw KG at %s', prepared, config.data.root)
-    return kg_lib.load_kg(config.data.root, config.data.layout, config.data.unknown_entities)
+    return readers.load_kg_from_config(config.data)
   raise FileNotFoundError(f'{prepared}/{kg_lib.VOCAB_FILE} is missing and config.data.root is not a '
                           'raw KG: run `launch.py --mode=prepare` with this workdir first, or pass '
                           '--config.data.root=PATH/TO/TRIPLES')
@@ -313,8 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   by_relation = evaluate.metrics_by_relation(  # `ranked` is the test split here.
       graph, {d: (x['relations'], x['ranks'], x['reached']) for d, x in ranked.items()})
   evaluate.write_metrics(workdir, metrics)
-  kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
-  kg_lib.write_json(os.path.join(workdir, HISTORY_FILE), history)
+  files.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
+  files.write_json(os.path.join(workdir, HISTORY_FILE), history)
   logging.info('%s test (both): %s; trained %.1f s', b.model, metrics['test']['both'], train_seconds)
   return dict(metrics, by_relation=by_relation, train_seconds=train_seconds)
 
