@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..')))
 
 from configs import synthetic  # pylint: disable=g-import-not-at-top
+from imkga_jax import checkpoints
 from imkga_jax import kg as kg_lib
 from imkga_jax import rtg as rtg_lib
 from imkga_jax import train
@@ -85,7 +86,7 @@ def accuracy(logits, q, kg, answers_tok):
 
 def probe(args):
   config, kg, table = load(args)
-  model, params, step = train.restore_params(config, args.workdir, kg.num_tokens)
+  model, params, step = checkpoints.restore_params(config, args.workdir, kg)
   has_image = np.asarray(table['fig_present']) | np.asarray(table['ocr_present'])
   print(f'checkpoint step {step}; branch = the decoding branch ({config.decode.branch} or the only one)')
   print('| split | relation | n | answers | chance | top-1 | MRR | logit std over heads | '
@@ -128,7 +129,7 @@ def isolated(args):
   answers_tok = np.unique(kg.entity_token(np.concatenate([q, held])[:, 2]))
   model = imkga.build_model(config, kg.num_tokens)
   tx = train.make_optimizer(config, model.branches)
-  params = model.init(jax.random.key(config.seed), train.example_inputs(config), train=False)
+  params = model.init(jax.random.key(config.seed), checkpoints.example_inputs(config), train=False)
   params = jax.tree.map(lambda x: getattr(x, 'value', x), params['params'],
                         is_leaf=lambda x: hasattr(x, 'value'))
   state = train.TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))

@@ -41,6 +41,7 @@ import optax
 from data_prep import ocr as ocr_lib
 from data_prep import text_vector
 from data_prep import vgg16
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 
 FEATURES_FILE = 'features.npz'
@@ -167,12 +168,6 @@ def _ocr_brand_exact(kg: kg_lib.KnowledgeGraph, texts: dict[str, str | None]) ->
   return sum((texts[n] or '').strip() == printed[n] for n in names) / len(names)
 
 
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
                    prepared_dir: str) -> dict[str, Any]:
   """Writes `prepared_dir/features.npz` (contracts.md) and returns the stage's stats.
@@ -229,7 +224,7 @@ def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
   h_fig, fig_loss = reduce_features(image_vector, image_present, fc.fig_dim, fc, config.seed)
   h_ocr, ocr_loss = reduce_features(ocr_vector, ocr_present, fc.ocr_dim, fc, config.seed + 1)
   timings['ae_seconds'] = round(time.perf_counter() - t, 2)
-  _save_npz(os.path.join(prepared_dir, FEATURES_FILE), image_vector=image_vector,
+  files.atomic_save_npz(os.path.join(prepared_dir, FEATURES_FILE), image_vector=image_vector,
             image_present=image_present, ocr_text=text.astype(str), ocr_vector=ocr_vector,
             ocr_present=ocr_present, h_fig=h_fig, h_ocr=h_ocr)
   unreadable = int((~ok).sum())

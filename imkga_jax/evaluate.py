@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from imkga_jax import decode
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import rtg as rtg_lib
 
@@ -535,16 +536,16 @@ def write_metrics(workdir: str, metrics: Mapping[str, Any]) -> str:
   main = {split: {k: v for k, v in m.items() if k != 'by_relation'} for split, m in metrics.items()}
   by_relation = {split: m['by_relation'] for split, m in metrics.items() if 'by_relation' in m}
   if by_relation:
-    kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
+    files.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
   path = os.path.join(workdir, METRICS_FILE)
-  kg_lib.write_json(path, main)
+  files.write_json(path, main)
   return path
 
 
 def write_explanations(workdir: str, rows: list[Mapping[str, Any]]) -> str:
   """Writes `WORKDIR/explanations.jsonl` (one JSON object per line) atomically; returns its path."""
   path = os.path.join(workdir, EXPLANATIONS_FILE)
-  kg_lib.atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
+  files.atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
   return path
 
 
@@ -629,10 +630,10 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, ...]:
-  from imkga_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from imkga_jax import checkpoints, sharding, train  # pylint: disable=g-import-not-at-top
   prepared = os.path.join(workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared)
-  model, params, step = train.restore_params(config, workdir, kg.num_tokens)
+  model, params, step = checkpoints.restore_params(config, workdir, kg)
   features = train.load_feature_table(prepared, kg.num_entities, config)
   mesh = sharding.make_mesh(config.mesh)
   decode_fn, constraint = build_decoder(model, kg, config,
@@ -671,9 +672,9 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
     summary: also print the metrics table and three example answers with their paths (the `all`
       mode's final summary); the table is logged anyway.
   """
-  from imkga_jax import train  # pylint: disable=g-import-not-at-top
+  from imkga_jax import checkpoints  # pylint: disable=g-import-not-at-top
   state_path = os.path.join(workdir, EVAL_STATE_FILE)
-  latest = train.checkpoint_manager(workdir, config).latest_step()
+  latest = checkpoints.latest_step(workdir, config)
   if latest is not None and os.path.exists(state_path):
     with open(state_path, encoding='utf-8') as f:
       done = json.load(f)
@@ -695,7 +696,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
   if jax.process_index() == 0:
     write_metrics(workdir, metrics)
     write_explanations(workdir, explanations)
-    kg_lib.atomic_write_text(state_path, json.dumps(_eval_fingerprint(config, step)))
+    files.atomic_write_text(state_path, json.dumps(_eval_fingerprint(config, step)))
   metrics = {split: {k: v for k, v in m.items() if k != 'by_relation'}
              for split, m in metrics.items()}
   logging.info('evaluation of checkpoint step %d (beam %d, %s):\n%s', step, config.decode.beam_size,

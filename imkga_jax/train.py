@@ -1,19 +1,23 @@
 """Training: sharded, jitted train step, orbax checkpoints with resume, metrics (DESIGN.md §6).
 
 `train_and_evaluate(config, workdir)` reads `WORKDIR/prepared/` (written by `--mode=prepare`), trains
-IMKGA-SM and writes orbax checkpoints to `WORKDIR/checkpoints/` and TensorBoard events to `WORKDIR/`.
-Restarting it resumes from the latest checkpoint and ends with the same parameters as an uninterrupted
-run of the same seed: the batch order and every random number are functions of (seed, step).
+IMKGA-SM and writes orbax checkpoints to `WORKDIR/checkpoints/` (`checkpoints.py`: parameters,
+optimiser state and the vocabulary they belong to) and TensorBoard events to `WORKDIR/`.
+Restarting it resumes from the latest readable checkpoint and ends with the same parameters as an
+uninterrupted run of the same seed: the batch order and every random number are functions of
+(seed, step). The config is validated first, and the workdir is locked while training
+(`files.workdir_lock`; by process 0 of a multi-process run).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import flax.linen as nn
@@ -22,11 +26,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from clu import metric_writers
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from imkga_jax import checkpoints
+from imkga_jax import config_check
+from imkga_jax import files
 from imkga_jax import input_pipeline
 from imkga_jax import kg as kg_lib
 from imkga_jax import losses
@@ -38,7 +43,8 @@ from imkga_jax.optim import modality_modulation
 MODALITIES = ('fig', 'ocr')
 # Config sections a checkpoint depends on; resuming with different values is refused.
 CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
-CHECKPOINT_DIR = 'checkpoints'
+FEATURES_FILE = 'features.npz'
+TRAIN_CONFIG_FILE = 'train_config.json'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,14 +61,23 @@ class TrainState:
 # ============================================================================ features
 def load_feature_table(prepared: str, num_entities: int, config: ml_collections.ConfigDict
                        ) -> dict[str, np.ndarray]:
-  """Per-entity `fig`, `ocr` features and presence masks (zeros / False without features.npz)."""
-  path = os.path.join(prepared, 'features.npz')
+  """Per-entity `fig`, `ocr` features and presence masks.
+
+  Without features.npz the table is zeros / False, which only the variants that read no features
+  (`rl`, `no_img`) may use; for `mkg` and `mkg_rl` a missing file is an error naming it.
+  """
+  path = os.path.join(prepared, FEATURES_FILE)
   fig_dim, ocr_dim = config.features.fig_dim, config.features.ocr_dim
   table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
            'ocr': np.zeros((num_entities, ocr_dim), np.float32),
            'fig_present': np.zeros((num_entities,), bool),
            'ocr_present': np.zeros((num_entities,), bool)}
   if not os.path.exists(path):
+    if config.model.variant in config_check.FEATURE_VARIANTS:
+      raise FileNotFoundError(
+          f'{path} is missing, and model.variant={config.model.variant!r} reads image and OCR '
+          'features: run `launch.py --mode=prepare` with --config.features.enabled=True (it writes '
+          "the file), or train a variant without features (--config.model.variant=rl or no_img)")
     return table
   with np.load(path) as f:
     loaded = {'fig': f['h_fig'], 'ocr': f['h_ocr'], 'fig_present': f['image_present'],
@@ -199,19 +214,6 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
 
 
 # ============================================================================ state
-def example_inputs(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, jnp.ndarray]:
-  """Dummy model inputs of the right shapes (for init)."""
-  length = 2 * config.trajectories.max_hops + 1
-  return {'head_token': jnp.zeros((batch_size,), jnp.int32),
-          'relation_token': jnp.zeros((batch_size,), jnp.int32),
-          'actions': jnp.zeros((batch_size, length), jnp.int32),
-          'rtg': jnp.zeros((batch_size, length), jnp.float32),
-          'fig': jnp.zeros((batch_size, config.features.fig_dim), jnp.float32),
-          'ocr': jnp.zeros((batch_size, config.features.ocr_dim), jnp.float32),
-          'fig_present': jnp.zeros((batch_size,), bool),
-          'ocr_present': jnp.zeros((batch_size,), bool)}
-
-
 def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
                  tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
                  ) -> tuple[Callable[[jax.Array], TrainState], TrainState, TrainState]:
@@ -220,19 +222,13 @@ def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
   Parameter shardings come from the logical axis names on the parameters and `config.mesh.rules`;
   optimiser moments follow their parameters; scalars (step, modulation state) are replicated.
   """
-  inputs = example_inputs(config)
-
-  def init_boxed(rng):
-    return model.init({'params': rng, 'dropout': rng}, inputs, train=False)['params']
+  init_params, _, param_sharding = checkpoints.param_layout(config, model, mesh)
 
   def init(rng):
-    params = nn.meta.unbox(init_boxed(rng))
+    params = init_params(rng)
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
-  rng = jax.random.key(config.seed)
-  param_sharding = sharding.logical_shardings(jax.eval_shape(init_boxed, rng), mesh,
-                                              config.mesh.rules)
-  abstract = jax.eval_shape(init, rng)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
   replicated = sharding.replicated(mesh)
   opt_sharding = follow_params(abstract.opt_state, abstract.params, param_sharding, replicated)
   state_sharding = TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding)
@@ -261,11 +257,6 @@ def follow_params(opt_state: Any, params: Any, param_sharding: Any, default: Any
   return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def restore_target(abstract: TrainState, state_sharding: TrainState) -> TrainState:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract, state_sharding)
-
-
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: json.loads(config[k].to_json()) if hasattr(config[k], 'to_json') else config[k]
           for k in CHECKPOINT_KEYS}
@@ -287,15 +278,25 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
                         defaults: ml_collections.ConfigDict | None = None) -> None:
   """Refuses to resume checkpoints made with a different model/optimiser configuration.
 
-  With `defaults` (the full default config), a key the saved `train_config.json` lacks — one added to
-  the code after the run was made — counts as unchanged when its current value is its default (the
-  behaviour the run was made with); the saved file then gains the key.
+  The saved `train_config.json` only counts once a checkpoint exists: a run that failed before its
+  first checkpoint (a bad variant, a NaN at step 1) does not block its corrected rerun, whose
+  config then replaces the file. With `defaults` (the full default config), a key the saved file
+  lacks — one added to the code after the run was made — counts as unchanged when its current value
+  is its default (the behaviour the run was made with); the saved file then gains the key.
   """
-  path = os.path.join(workdir, 'train_config.json')
+  path = os.path.join(workdir, TRAIN_CONFIG_FILE)
   current = _fingerprint(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if os.path.exists(path) and checkpoints.latest_step(workdir) is None:
+    logging.info('%s: no checkpoint exists yet, so the config saved by an earlier attempt does not '
+                 'bind this run; replaced', path)
+  elif os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      try:
+        saved = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{e.lineno}: not valid JSON ({e.msg}); it records the config the '
+                         f'checkpoints in {workdir} were made with: restore it, or use a new '
+                         '--workdir') from None
     if saved == current:
       return
     old, new = _flatten(saved), _flatten(current)
@@ -307,33 +308,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
                        f'values {changed}; use a new --workdir or restore the old values')
     logging.info('%s: keys added since the run was made, at their defaults: %s', path, sorted(added))
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
-
-
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.max_to_keep, create=True))
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str, num_tokens: int,
-                   step: int | None = None) -> tuple[nn.Module, Any, int]:
-  """Loads `(model, params, step)` of the latest (or given) checkpoint, for evaluation."""
-  model = imkga.build_model(config, num_tokens)
-  mesh = sharding.make_mesh(config.mesh)
-  _, abstract, state_sharding = state_layout(config, model, make_optimizer(config, model.branches),
-                                             mesh)
-  manager = checkpoint_manager(workdir, config)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; '
-                            'run --mode=train first')
-  state = manager.restore(step, args=ocp.args.StandardRestore(restore_target(abstract,
-                                                                             state_sharding)))
-  return model, state.params, int(step)
+    files.write_json(path, current)
 
 
 # ============================================================================ loop
@@ -341,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
                        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
                        defaults: ml_collections.ConfigDict | None = None) -> dict[str, float]:
-  """Trains to `config.train.num_steps`, resuming from the latest checkpoint.
+  """Trains to `config.train.num_steps`, resuming from the latest readable checkpoint.
 
   Args:
     config: the full config (configs/default.py).
@@ -353,8 +328,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The metrics of the last logging step (empty when there was nothing left to train).
+
+  Raises:
+    config_check.ConfigError: a config value out of range (before anything is built).
+    files.WorkdirLockedError: another process trains or prepares in `workdir`.
+    checkpoints.CheckpointMismatchError: the checkpoints belong to another vocabulary or model.
+    NonFiniteLossError: the loss became NaN or infinite (the message names the step).
   """
+  config_check.validate(config)
   sharding.maybe_initialize_distributed(config.mesh)
+  with contextlib.ExitStack() as stack:
+    files.ensure_workdir(workdir)
+    if jax.process_index() == 0:
+      stack.enter_context(files.workdir_lock(workdir, 'train'))
+    return _train(config, workdir, devices, on_metrics, defaults)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None,
+           on_metrics: Callable[[int, dict[str, float]], None] | None,
+           defaults: ml_collections.ConfigDict | None) -> dict[str, float]:
   prepared = os.path.join(workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared)
   check_resume_config(config, workdir, defaults)
@@ -368,19 +360,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if global_batch % jax.process_count() or global_batch % mesh.shape[config.mesh.axes[0]]:
     raise ValueError(f'train.batch_size={global_batch} must be divisible by the number of processes '
                      f'({jax.process_count()}) and by the data axis ({mesh.shape[config.mesh.axes[0]]})')
-
-  init, abstract, state_sharding = state_layout(config, model, tx, mesh)
-  manager = checkpoint_manager(workdir, config)
-  start_step = manager.latest_step() or 0
-  if start_step:
-    state = manager.restore(start_step,
-                            args=ocp.args.StandardRestore(restore_target(abstract, state_sharding)))
-    logging.info('resumed from checkpoint step %d', start_step)
-  else:
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
-
   table = jax.device_put({k: jnp.asarray(v) for k, v in
                           load_feature_table(prepared, kg.num_entities, config).items()}, replicated)
+
+  init, abstract, state_sharding = state_layout(config, model, tx, mesh)
+  manager = checkpoints.manager(workdir, config.train.max_to_keep)
+  restored = checkpoints.restore_state(
+      workdir, manager, kg, checkpoints.restore_target(abstract.params, state_sharding.params),
+      checkpoints.restore_target(abstract.opt_state, state_sharding.opt_state))
+  if restored is not None:
+    start_step, params, opt_state = restored
+    state = TrainState(step=jax.device_put(jnp.asarray(start_step, jnp.int32), replicated),
+                       params=params, opt_state=opt_state)
+    logging.info('resumed from checkpoint step %d', start_step)
+  else:
+    start_step = 0
+    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
+
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, config=config,
                         entity_offset=kg.entity_offset),
@@ -408,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       manager.wait_until_finished()
       raise NonFiniteLossError(
           f'loss is {loss} at step {step + 1}; stopped without saving. The last good checkpoint is step '
-          f'{manager.latest_step()} in {os.path.join(workdir, CHECKPOINT_DIR)}')
+          f'{manager.latest_step()} in {checkpoints.directory(workdir)}')
     bar.update(1)
     timer_steps += 1
     done = step + 1
@@ -423,7 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       bar.set_postfix(loss=f'{loss:.4f}')
       timer_start, timer_steps = time.time(), 0
     if done % config.train.checkpoint_every == 0 or done == num_steps:
-      manager.save(done, args=ocp.args.StandardSave(state))
+      checkpoints.save(manager, done, state.params, state.opt_state, kg)
   bar.close()
   manager.wait_until_finished()
   writer.flush()

@@ -15,6 +15,7 @@ import pytest
 
 from configs import default
 from data_prep import prepare
+from imkga_jax import checkpoints
 from imkga_jax import kg as kg_lib
 from imkga_jax import train
 
@@ -134,6 +135,8 @@ def test_resume_accepts_keys_added_later_at_their_default(tmp_path):
   """A saved train_config.json that predates a key: unchanged if the key is at its default."""
   from configs import default
   workdir = str(tmp_path)
+  # The saved config only binds once a checkpoint exists (a stand-in step folder here).
+  os.makedirs(os.path.join(workdir, 'checkpoints', '1'))
   config = default.get_config()
   train.check_resume_config(config, workdir)  # writes train_config.json
   path = os.path.join(workdir, 'train_config.json')
@@ -173,7 +176,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(prepared_workdir, tm
 
 def final_params(workdir, config):
   kg = kg_lib.KnowledgeGraph.load(os.path.join(workdir, 'prepared'))
-  _, params, step = train.restore_params(config, workdir, kg.num_tokens)
+  _, params, step = checkpoints.restore_params(config, workdir, kg)
   return step, jax.tree.leaves(jax.device_get(params))
 
 
