@@ -10,6 +10,7 @@ from data_prep import features
 from data_prep import synthetic
 from data_prep import text_vector
 from data_prep import vgg16
+from data_prep import vgg16_weights
 from imkga_jax import readers
 
 SMALL = dict(widths=(4, 8, 8, 16, 16), dense_width=32, num_classes=10)
@@ -76,7 +77,7 @@ def tiny_kg(tmp_path_factory):
 
 def test_build_features_writes_the_contract(tiny_kg, tmp_path, monkeypatch):
   small = vgg16.init_params(0, vgg16.VGG16(**SMALL))
-  monkeypatch.setattr(vgg16, 'load_or_init', lambda path, seed: (small, 'caffe'))
+  monkeypatch.setattr(vgg16_weights, 'load_or_init', lambda path, seed: (small, 'caffe'))
   config = default.get_config()
   config.features = _fc(ocr_vector_dim=32)
   kg, out = tiny_kg, str(tmp_path / 'prepared')
@@ -118,7 +119,7 @@ def test_build_features_reads_gap_features_at_vgg_image_size(tiny_kg, tmp_path, 
   """features.vgg_layer / vgg_image_size reach the extractor: gap vectors of 64x64 inputs (one per
   image, width = the last conv block), same as calling the extractor directly at that size."""
   small = vgg16.init_params(0, vgg16.VGG16(**SMALL))
-  monkeypatch.setattr(vgg16, 'load_or_init', lambda path, seed: (small, 'caffe'))
+  monkeypatch.setattr(vgg16_weights, 'load_or_init', lambda path, seed: (small, 'caffe'))
   seen = []
   extract = vgg16.extract_features
 
