@@ -185,12 +185,18 @@ def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
     Stats: images (entities with an image), images_unreadable (entities none of whose images is
     readable), image_files_unreadable (files that failed, also those a later image replaced),
     images_over_pixel_limit (files refused by size), images_fallback (entities read from a later
-    image), images_unused (images after the one read), ocr_nonempty, ocr_cache_hits,
-    ocr_brand_exact (synthetic KG only), fig_ae_loss, ocr_ae_loss, vgg_weights, seconds per part.
+    image), images_unused (images after the one read), ocr_image_mismatch, ocr_nonempty,
+    ocr_cache_hits, ocr_brand_exact (synthetic KG only), fig_ae_loss, ocr_ae_loss, vgg_weights,
+    seconds per part.
   """
+  with images_lib.pixel_limit(config.features.max_image_pixels):
+    return _build_features(kg, config, prepared_dir)
+
+
+def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
+                    prepared_dir: str) -> dict[str, Any]:
   fc = config.features
   os.makedirs(prepared_dir, exist_ok=True)
-  images_lib.set_pixel_limit(fc.max_image_pixels)
   num = kg.num_entities
   listed = sorted((kg.entity_id(name), paths) for name, paths in kg.images.items() if paths)
   ids = np.asarray([i for i, _ in listed], np.int64)

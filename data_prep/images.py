@@ -15,8 +15,9 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import io
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,17 @@ class UnreadableImage(ValueError):
 def set_pixel_limit(max_pixels: int) -> None:
   """Sets Pillow's decompression-bomb limit (process-wide; Pillow offers no other way)."""
   Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+  """`set_pixel_limit` for the duration of a `with` block; the previous limit is put back."""
+  saved = Image.MAX_IMAGE_PIXELS
+  set_pixel_limit(max_pixels)
+  try:
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_bytes(path: str) -> bytes:

@@ -15,6 +15,9 @@ naming the parameter) instead of an orbax shape error. A newest step that cannot
 (truncated or garbled files) is reported with its path and the previous step is used, logged;
 training moves the unreadable step to `WORKDIR/checkpoints_corrupt/` so it can be written again.
 
+`check_resume_config` binds the checkpoints to the config sections they depend on
+(`WORKDIR/train_config.json`), once a checkpoint exists.
+
 Checkpoints written before this layout (one `default` item holding `TrainState(step, params,
 opt_state)`) are still read by `restore_params` (parameters only; their vocabulary was not recorded,
 so only shapes are checked, with a warning); training does not resume from them.
@@ -24,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -42,6 +46,9 @@ from imkga_jax import sharding
 from imkga_jax.models import imkga
 
 CHECKPOINT_DIR = 'checkpoints'
+TRAIN_CONFIG_FILE = 'train_config.json'
+# Config sections a checkpoint depends on; resuming with different values is refused.
+CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
 CORRUPT_DIR = 'checkpoints_corrupt'
 LEGACY_ITEM = 'default'
 FORMAT = 2
@@ -180,6 +187,50 @@ def latest_step(workdir: str, config: ml_collections.ConfigDict | None = None) -
     return None
   steps = [int(d) for d in os.listdir(folder) if d.isdigit()]
   return max(steps) if steps else None
+
+
+# ============================================================================ config binding
+def _config_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The CHECKPOINT_KEYS sections of `config` as plain JSON values."""
+  return {k: json.loads(config[k].to_json()) if hasattr(config[k], 'to_json') else config[k]
+          for k in CHECKPOINT_KEYS}
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
+                        defaults: ml_collections.ConfigDict | None = None) -> None:
+  """Refuses to resume checkpoints made with a different model/optimiser configuration.
+
+  The saved `train_config.json` only counts once a checkpoint exists: a run that failed before its
+  first checkpoint (a bad variant, a NaN at step 1) does not block its corrected rerun, whose
+  config then replaces the file. With `defaults` (the full default config), a key the saved file
+  lacks — one added to the code after the run was made — counts as unchanged when its current value
+  is its default (the behaviour the run was made with); the saved file then gains the key.
+  """
+  path = os.path.join(workdir, TRAIN_CONFIG_FILE)
+  current = _config_fingerprint(config)
+  if os.path.exists(path) and latest_step(workdir) is None:
+    logging.info('%s: no checkpoint exists yet, so the config saved by an earlier attempt does not '
+                 'bind this run; replaced', path)
+  elif os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      try:
+        saved = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{e.lineno}: not valid JSON ({e.msg}); it records the config the '
+                         f'checkpoints in {workdir} were made with: restore it, or use a new '
+                         '--workdir') from None
+    if saved == current:
+      return
+    old, new = config_check.flatten(saved), config_check.flatten(current)
+    known = config_check.flatten(_config_fingerprint(defaults)) if defaults is not None else {}
+    added = {k for k in new if k not in old and k in known and new[k] == known[k]}
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in added)
+    if changed:
+      raise ValueError(f'{path}: the checkpoints in {workdir} were made with different config '
+                       f'values {changed}; use a new --workdir or restore the old values')
+    logging.info('%s: keys added since the run was made, at their defaults: %s', path, sorted(added))
+  if jax.process_index() == 0:
+    files.write_json(path, current)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,

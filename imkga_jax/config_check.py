@@ -290,6 +290,18 @@ def flat_keys(config: Any, prefix: str = '') -> list[str]:
   return keys
 
 
+def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (leaves: anything but a dict or ConfigDict)."""
+  if hasattr(tree, 'to_dict'):                             # a ConfigDict
+    tree = tree.to_dict()
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(flatten(value, f'{prefix}.{key}' if prefix else key))
+  return out
+
+
 def unknown_keys_message(config: Any, keys: Sequence[str]) -> str | None:
   """A message naming each key of `keys` the config lacks and the nearest valid keys, or None."""
   known = flat_keys(config)
@@ -297,12 +309,17 @@ def unknown_keys_message(config: Any, keys: Sequence[str]) -> str | None:
   for key in keys:
     if key in known:
       continue
-    section = key.rsplit('.', 1)[0] if '.' in key else ''
+    section, _, leaf = key.rpartition('.')
+    siblings = [k for k in known if k.rpartition('.')[0] == section and k != section]
     near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    if not near and section in known:
-      near = [k for k in known if k.startswith(section + '.') and k.count('.') == key.count('.')]
-    lines.append(f'--config.{key}: no such config key' + (
-        f'; nearest valid keys: {", ".join(near)}' if near else ''))
+    near += [k for k in difflib.get_close_matches(key, siblings, n=3, cutoff=0.5) if k not in near]
+    line = f'--config.{key}: no such config key'
+    if near:
+      line += f'; nearest valid keys: {", ".join(near[:3])}'
+    if siblings and (section in known or not section):
+      line += f' (the keys of {section or "the config"}: ' + ', '.join(
+          k.rpartition('.')[2] for k in siblings) + ')'
+    lines.append(line)
   return '\n'.join(lines) if lines else None
 
 

@@ -19,14 +19,8 @@ naming the file and line. Decisions a policy allows are counted, logged and retu
   occurs twice in its split, and a valid/test triple that is also a train triple are counted
   ('keep', the default: published splits are used as they are), removed ('drop': the later copy,
   and the valid/test copy of a train triple) or an 'error' naming both lines.
-* `outside_links` (`data.outside_links`): a file reached through a symlink whose target leaves the
-  data root (`realpath` outside `realpath(root)`) is an 'error' (the default), or with 'skip' an
-  image left out, or with 'follow' read anyway (e.g. the variant folders `data_prep/variants.py`
-  writes link their image folders to the source KG). A triple or text file outside the root can
-  not be skipped: it is read only with 'follow'.
-
-Only regular files are opened (a FIFO or device named `x.jpg` is counted and left out); see
-`files.open_regular`.
+* `outside_links` (`data.outside_links`): files reached through a symlink that leaves the data
+  root, and image names that are not regular files (`data_root.py`).
 
 Example:
   >>> kg = load_kg('../shared/datasets/umls')                      # doctest: +SKIP
@@ -37,15 +31,15 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from imkga_jax import data_root
 from imkga_jax import files
-from imkga_jax.kg import (DUPLICATE_POLICIES, IMAGE_SUFFIXES, OPENBG_ENTITY_TEXT, OPENBG_IMAGES,
-                          OPENBG_RELATION_TEXT, OPENBG_SPLIT_FILES, OUTSIDE_LINK_POLICIES, SPLITS,
-                          UNKNOWN_POLICIES, KGFormatError, KnowledgeGraph)
+from imkga_jax.kg import (DUPLICATE_POLICIES, OPENBG_ENTITY_TEXT, OPENBG_IMAGES,
+                          OPENBG_RELATION_TEXT, OPENBG_SPLIT_FILES, SPLITS, UNKNOWN_POLICIES,
+                          KGFormatError, KnowledgeGraph)
 
 Row = tuple[int, str, str, str]       # (line number, head, relation, tail)
 BOM = '\ufeff'
@@ -175,8 +169,8 @@ def apply_duplicates_policy(arrays: dict[str, np.ndarray], lines: Mapping[str, S
   """Counts repeated triples (in place: drops them with `policy='drop'`); returns the counts.
 
   Counted: `train_duplicates` (a later copy of a train triple), `{valid,test}_duplicates` (a later
-  copy within the split) and `{valid,test}_in_train` (a valid/test triple that is a train triple:
-  it leaks the answer into training). With 'drop', also `duplicates_dropped`.
+  copy within the split) and `{valid,test}_in_train` (valid/test lines holding a train triple: they
+  leak the answer into training). With 'drop', also `duplicates_dropped` (lines removed).
   """
   if policy not in DUPLICATE_POLICIES:
     raise ValueError(f'data.duplicates must be one of {DUPLICATE_POLICIES}, got {policy!r}')
@@ -188,12 +182,12 @@ def apply_duplicates_policy(arrays: dict[str, np.ndarray], lines: Mapping[str, S
     dup = in_train = 0
     for i, (triple, lineno) in enumerate(zip(map(tuple, arrays[split].tolist()), lines[split])):
       where = None
+      if split != 'train' and triple in train_first:
+        in_train += 1
+        where = f'{split_paths["train"]}:{train_first[triple]}'
       if triple in first:
         dup += 1
         where = f'{split_paths[split]}:{first[triple]}'
-      elif split != 'train' and triple in train_first:
-        in_train += 1
-        where = f'{split_paths["train"]}:{train_first[triple]}'
       else:
         first[triple] = lineno
       if where is not None:
@@ -208,8 +202,9 @@ def apply_duplicates_policy(arrays: dict[str, np.ndarray], lines: Mapping[str, S
     else:
       counts[f'{split}_duplicates'], counts[f'{split}_in_train'] = dup, in_train
     if dup or in_train:
-      logging.warning('%s: %d repeated triple(s) within the %s split, %d also in train; %s '
-                      '(data.duplicates=%s)', split_paths[split], dup, split, in_train,
+      logging.warning('%s: %d repeated triple(s) within the %s split%s; %s (data.duplicates=%s)',
+                      split_paths[split], dup, split,
+                      '' if split == 'train' else f', {in_train} that are train triples',
                       'kept' if policy == 'keep' else 'dropped', policy)
     if not keep.all():
       dropped += int((~keep).sum())
@@ -220,101 +215,6 @@ def apply_duplicates_policy(arrays: dict[str, np.ndarray], lines: Mapping[str, S
   if policy == 'drop':
     counts['duplicates_dropped'] = dropped
   return counts
-
-
-# ============================================================================ files inside the root
-def _inside(path: str, real_root: str) -> bool:
-  real = os.path.realpath(path)
-  return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
-
-
-def _check_text_input(path: str, root: str, outside_links: str, counts: dict[str, int]) -> str:
-  """`path` if it may be read; a text input whose symlink leaves `root` needs 'follow'."""
-  if not _inside(path, os.path.realpath(root)):
-    if outside_links != 'follow':
-      raise KGFormatError(
-          f'{path}: a symlink leading outside data.root {root!r} (to {os.path.realpath(path)!r}); '
-          'copy the file into the KG folder or set --config.data.outside_links=follow')
-    counts['inputs_outside_root'] = counts.get('inputs_outside_root', 0) + 1
-    logging.warning('%s: read through a symlink outside data.root (data.outside_links=follow)', path)
-  return path
-
-
-def image_candidates(images_root: str) -> Iterator[tuple[str, str]]:
-  """`(entity folder name, file path)` of every file with an image suffix, sorted, unchecked."""
-  for name in sorted(os.listdir(images_root)):
-    folder = os.path.join(images_root, name)
-    if not os.path.isdir(folder):
-      raise KGFormatError(f'{folder}: expected one folder per entity inside {images_root}')
-    for f in sorted(os.listdir(folder)):
-      if f.lower().endswith(IMAGE_SUFFIXES):
-        yield name, os.path.join(folder, f)
-
-
-def read_image_folders(images_root: str, known: Iterable[str], root: str | None = None,
-                       outside_links: str = 'error', counts: dict[str, int] | None = None
-                       ) -> dict[str, list[str]]:
-  """`entity -> sorted image paths` from `images_root/<entity>/*`.
-
-  A folder named after an entity that is not in the KG is an error (it would be silently unused).
-  Files that are not regular files (FIFO, device, folder, broken symlink) are counted
-  (`images_not_regular`), logged and left out; symlinks leaving `root` follow `outside_links`
-  (counted as `images_outside_root` when followed, `images_outside_root_skipped` when skipped).
-  Whether each file decodes is checked when features are extracted (data_prep/features.py).
-
-  Args:
-    images_root: the `OpenBG-IMG_images` folder.
-    known: entity names of the KG.
-    root: the data root the images must stay inside (default: the folder above `images_root`).
-    outside_links: 'error', 'skip' or 'follow' (module docstring).
-    counts: a dict the counts are added to.
-  """
-  if outside_links not in OUTSIDE_LINK_POLICIES:
-    raise ValueError(f'data.outside_links must be one of {OUTSIDE_LINK_POLICIES}, got '
-                     f'{outside_links!r}')
-  counts = {} if counts is None else counts
-  if not os.path.isdir(images_root):
-    return {}
-  real_root = os.path.realpath(root if root is not None else os.path.dirname(images_root))
-  known = set(known)
-  images: dict[str, list[str]] = {}
-  odd, outside = [], []
-  for name in sorted(os.listdir(images_root)):
-    if name not in known and os.path.isdir(os.path.join(images_root, name)):
-      raise KGFormatError(f'{os.path.join(images_root, name)}: image folder for entity {name!r}, '
-                          'which occurs in no training triple; remove the folder or add the entity')
-  for name, path in image_candidates(images_root):
-    try:
-      mode = os.stat(path).st_mode
-    except OSError as e:                                    # a broken symlink, a vanished file
-      odd.append(f'{path} ({e.strerror})')
-      continue
-    if not stat.S_ISREG(mode):
-      odd.append(f'{path} ({files.file_kind(mode)})')
-      continue
-    if not _inside(path, real_root):
-      if outside_links == 'error':
-        raise KGFormatError(
-            f'{path}: a symlink leading outside data.root {real_root!r} (to '
-            f'{os.path.realpath(path)!r}); copy the image into the KG folder, or set '
-            '--config.data.outside_links=skip (leave such images out, counted) or follow (read them)')
-      outside.append(path)
-      if outside_links == 'skip':
-        continue
-    images.setdefault(name, []).append(path)
-  counts['images_not_regular'] = len(odd)
-  if odd:
-    logging.warning('%s: %d image name(s) that are not regular files left out: %s', images_root,
-                    len(odd), ', '.join(odd[:5]) + (' ...' if len(odd) > 5 else ''))
-  if outside_links == 'skip':
-    counts['images_outside_root_skipped'] = len(outside)
-  else:
-    counts['images_outside_root'] = len(outside)
-  if outside:
-    logging.warning('%s: %d image(s) reached through symlinks outside data.root %s %s '
-                    '(data.outside_links=%s), e.g. %s', images_root, len(outside), real_root,
-                    'left out' if outside_links == 'skip' else 'read', outside_links, outside[0])
-  return images
 
 
 # ============================================================================ layouts
@@ -350,7 +250,7 @@ def split_paths(root: str, layout: str) -> dict[str, str]:
 
 def _read(root: str, paths: Mapping[str, str], unknown: str, duplicates: str, outside_links: str,
           counts: dict[str, int]) -> tuple[list, list, dict]:
-  rows = {s: read_triple_lines(_check_text_input(p, root, outside_links, counts))
+  rows = {s: read_triple_lines(data_root.check_text_input(p, root, outside_links, counts))
           for s, p in paths.items()}
   entities, relations, arrays, lines = _index_splits(rows, paths, unknown)
   counts.update(apply_duplicates_policy(arrays, lines, paths, duplicates))
@@ -376,9 +276,9 @@ def read_openbg(root: str, unknown: str = 'error', *, duplicates: str = 'keep',
   tables = []
   for name in (OPENBG_ENTITY_TEXT, OPENBG_RELATION_TEXT):
     path = os.path.join(root, name)
-    tables.append(read_text_table(_check_text_input(path, root, outside_links, counts))
+    tables.append(read_text_table(data_root.check_text_input(path, root, outside_links, counts))
                   if os.path.isfile(path) else {})
-  images = read_image_folders(os.path.join(root, OPENBG_IMAGES), set(entities), root,
+  images = data_root.read_image_folders(os.path.join(root, OPENBG_IMAGES), set(entities), root,
                               outside_links, counts)
   return KnowledgeGraph(entities, relations, **arrays, entity_text=tables[0],
                         relation_text=tables[1], images=images, source=os.path.abspath(root),
@@ -447,5 +347,5 @@ def input_files(root: str, layout: str) -> dict[str, list[str]]:
                          os.path.join(root, OPENBG_RELATION_TEXT)) if os.path.isfile(p)]
     images_root = os.path.join(root, OPENBG_IMAGES)
     if os.path.isdir(images_root):
-      images = [p for _, p in image_candidates(images_root) if os.path.isfile(p)]
+      images = [p for _, p in data_root.image_candidates(images_root) if os.path.isfile(p)]
   return {'text': text, 'images': images}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -41,10 +40,7 @@ from imkga_jax.models import imkga
 from imkga_jax.optim import modality_modulation
 
 MODALITIES = ('fig', 'ocr')
-# Config sections a checkpoint depends on; resuming with different values is refused.
-CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
 FEATURES_FILE = 'features.npz'
-TRAIN_CONFIG_FILE = 'train_config.json'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -257,60 +253,6 @@ def follow_params(opt_state: Any, params: Any, param_sharding: Any, default: Any
   return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {k: json.loads(config[k].to_json()) if hasattr(config[k], 'to_json') else config[k]
-          for k in CHECKPOINT_KEYS}
-
-
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (leaves: anything but a dict or ConfigDict)."""
-  if isinstance(tree, ml_collections.ConfigDict):
-    tree = tree.to_dict()
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f'{prefix}.{key}' if prefix else key))
-  return out
-
-
-def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
-                        defaults: ml_collections.ConfigDict | None = None) -> None:
-  """Refuses to resume checkpoints made with a different model/optimiser configuration.
-
-  The saved `train_config.json` only counts once a checkpoint exists: a run that failed before its
-  first checkpoint (a bad variant, a NaN at step 1) does not block its corrected rerun, whose
-  config then replaces the file. With `defaults` (the full default config), a key the saved file
-  lacks — one added to the code after the run was made — counts as unchanged when its current value
-  is its default (the behaviour the run was made with); the saved file then gains the key.
-  """
-  path = os.path.join(workdir, TRAIN_CONFIG_FILE)
-  current = _fingerprint(config)
-  if os.path.exists(path) and checkpoints.latest_step(workdir) is None:
-    logging.info('%s: no checkpoint exists yet, so the config saved by an earlier attempt does not '
-                 'bind this run; replaced', path)
-  elif os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      try:
-        saved = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{e.lineno}: not valid JSON ({e.msg}); it records the config the '
-                         f'checkpoints in {workdir} were made with: restore it, or use a new '
-                         '--workdir') from None
-    if saved == current:
-      return
-    old, new = _flatten(saved), _flatten(current)
-    known = _flatten(_fingerprint(defaults)) if defaults is not None else {}
-    added = {k for k in new if k not in old and k in known and new[k] == known[k]}
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in added)
-    if changed:
-      raise ValueError(f'{path}: the checkpoints in {workdir} were made with different config '
-                       f'values {changed}; use a new --workdir or restore the old values')
-    logging.info('%s: keys added since the run was made, at their defaults: %s', path, sorted(added))
-  if jax.process_index() == 0:
-    files.write_json(path, current)
-
-
 # ============================================================================ loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
@@ -324,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     devices: devices of the mesh (default: all).
     on_metrics: called as `on_metrics(step, metrics)` at every logging step.
     defaults: the default config (configs/default.py); lets a run resume whose saved config predates
-      a key now at its default (`check_resume_config`).
+      a key now at its default (`checkpoints.check_resume_config`).
 
   Returns:
     The metrics of the last logging step (empty when there was nothing left to train).
@@ -349,7 +291,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
            defaults: ml_collections.ConfigDict | None) -> dict[str, float]:
   prepared = os.path.join(workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared)
-  check_resume_config(config, workdir, defaults)
+  checkpoints.check_resume_config(config, workdir, defaults)
   model = imkga.build_model(config, kg.num_tokens)
   tx = make_optimizer(config, model.branches)
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -386,7 +328,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config).items()
+    writer.write_hparams({k: v for k, v in config_check.flatten(config).items()
                           if isinstance(v, (int, float, str, bool))})
   schedule = learning_rate_schedule(config)
   batches = input_pipeline.create_train_iterator(prepared, config, skip_batches=start_step)
@@ -402,9 +344,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
       manager.wait_until_finished()
+      good = manager.latest_step()
       raise NonFiniteLossError(
-          f'loss is {loss} at step {step + 1}; stopped without saving. The last good checkpoint is step '
-          f'{manager.latest_step()} in {checkpoints.directory(workdir)}')
+          f'loss is {loss} at step {step + 1}; stopped without saving. ' + (
+              f'The last good checkpoint is step {good} in {checkpoints.directory(workdir)}'
+              if good is not None else f'No checkpoint was written in {workdir} yet.'))
     bar.update(1)
     timer_steps += 1
     done = step + 1

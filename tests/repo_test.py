@@ -3,6 +3,7 @@ import ast
 import importlib
 import os
 import re
+import sys
 
 import pytest
 
@@ -35,6 +36,8 @@ def _imports(path):
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       yield from (a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module in ('imkga_jax', 'data_prep'):
+      yield from (f'{node.module}.{a.name}' for a in node.names)   # the modules it names
     elif isinstance(node, ast.ImportFrom) and node.module:
       yield node.module
 
@@ -51,3 +54,10 @@ def test_import_direction():
           assert not [m for m in modules if m.startswith(('imkga_jax', 'configs'))], path
   kg_modules = list(_imports(os.path.join(ROOT, 'imkga_jax', 'kg.py')))
   assert not [m for m in kg_modules if m.split('.')[0] in ('jax', 'flax', 'tensorflow')]
+  # The KG, its readers and the file helpers: numpy and the standard library only.
+  light = ('kg', 'readers', 'data_root', 'files')
+  for name in light:
+    modules = list(_imports(os.path.join(ROOT, 'imkga_jax', f'{name}.py')))
+    heavy = [m for m in modules if m.split('.')[0] not in sys.stdlib_module_names | {'numpy'}
+             and m not in {f'imkga_jax.{n}' for n in light}]
+    assert not heavy, (name, heavy)
