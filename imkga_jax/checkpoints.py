@@ -182,6 +182,7 @@ def latest_step(workdir: str, config: ml_collections.ConfigDict | None = None) -
   """The newest checkpoint step of `workdir` (None without one); validates `config` when given."""
   if config is not None:
     config_check.validate(config)
+  files.ensure_workdir(workdir, create=False)
   folder = directory(workdir)
   if not os.path.isdir(folder):
     return None
@@ -297,6 +298,7 @@ def _fall_back(workdir: str, read: Callable[[int], Any], steps: list[int], move:
     except UNREADABLE as e:
       path = _step_dir(workdir, step)
       failures.append(f'{path}: {type(e).__name__}: {str(e)[:300]}')
+      move = move and jax.process_index() == 0          # one process moves; all skip the step
       if move:
         target = os.path.join(workdir, CORRUPT_DIR, str(step))
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -348,6 +350,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, kg: kg_lib.K
     VocabularyMismatchError / CheckpointMismatchError: the checkpoint does not fit.
   """
   config_check.validate(config)
+  files.ensure_workdir(workdir, create=False)
   model = imkga.build_model(config, kg.num_tokens)
   mesh = sharding.make_mesh(config.mesh)
   _, abstract, param_sharding = param_layout(config, model, mesh)

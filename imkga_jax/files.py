@@ -161,14 +161,15 @@ def file_kind(mode: int) -> str:
 
 
 # ============================================================================ workdir
-def ensure_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed; a path that exists and is not a folder is an error naming it."""
+def ensure_workdir(workdir: str, create: bool = True) -> str:
+  """Creates `workdir` if needed (with `create`); a path that is not a folder is an error naming it."""
   if not workdir:
     raise ValueError('--workdir is empty: pass --workdir=DIR (a folder; created if missing)')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f'--workdir {workdir!r} is a file, not a folder; pass the path of a '
                              'folder (it is created if missing)')
-  os.makedirs(workdir, exist_ok=True)
+  if create:
+    os.makedirs(workdir, exist_ok=True)
   return workdir
 
 
