@@ -234,6 +234,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
     files.write_json(path, current)
 
 
+# ============================================================================ save and restore
 def save(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
          kg: kg_lib.KnowledgeGraph) -> None:
   """Saves step `step` (asynchronously; `mngr.wait_until_finished()` waits for it)."""
