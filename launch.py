@@ -1,11 +1,17 @@
 """Entry point: `python launch.py --config=configs/synthetic.py --workdir=DIR [--mode=all]`.
 
 Parses flags and calls one library function per stage; all logic lives in importable modules.
+The config is validated (`imkga_jax.config_check`) before any stage runs, and an override naming
+no config key is reported with the nearest valid keys.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from imkga_jax import config_check
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                           lock_config=True)
@@ -16,10 +22,30 @@ _QUERY = flags.DEFINE_string('query', None, "With --mode=predict: 'HEAD|RELATION
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """absl's flag parsing; an unknown `--config.KEY` gets the key and the nearest valid keys.
+
+  (ml_collections' config_flags raises a bare `AttributeError: "'widht'"` / `KeyError` for it.)
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):
+    try:
+      config_check.check_override_keys(argv)
+    except config_check.ConfigError as e:
+      sys.stderr.write(f'FATAL Flags parsing error:\n{e}\n')
+      sys.exit(1)
+    raise
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  try:
+    config_check.validate(config)
+  except config_check.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   logging.info('mode=%s workdir=%s config:\n%s', mode, workdir, config)
   if mode in ('prepare', 'all'):
     from data_prep import prepare  # pylint: disable=g-import-not-at-top
@@ -39,4 +65,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

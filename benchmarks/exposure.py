@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..')))
 
 from configs import synthetic  # pylint: disable=g-import-not-at-top
+from imkga_jax import checkpoints
 from imkga_jax import kg as kg_lib
 from imkga_jax import prepared as prepared_lib
 from imkga_jax import rtg as rtg_lib
@@ -88,7 +89,7 @@ def accuracy(logits, q, kg, answers_tok):
 
 def probe(args):
   config, kg, table = load(args)
-  model, params, step = train.restore_params(config, args.workdir, kg.space.num_tokens)
+  model, params, step = checkpoints.restore_params(config, args.workdir, kg)
   has_image = np.asarray(table['fig_present']) | np.asarray(table['ocr_present'])
   print(f'checkpoint step {step}; branch = the decoding branch ({config.decode.branch} or the only one)')
   print('| split | relation | n | answers | chance | top-1 | MRR | logit std over heads | '

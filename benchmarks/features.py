@@ -30,12 +30,12 @@ def bench_vgg(batch: int, repeats: int) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
-  from data_prep import vgg16  # pylint: disable=g-import-not-at-top
+  from data_prep import vgg16, vgg16_weights  # pylint: disable=g-import-not-at-top
   keras_model = keras.applications.VGG16(weights=None, include_top=True)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'vgg16.weights.h5')
     keras_model.save_weights(path)
-    params, preprocess = vgg16.load_weights(path)
+    params, preprocess = vgg16_weights.load_weights(path)
   x = np.random.RandomState(0).uniform(0, 255, (batch, 224, 224, 3)).astype(np.float32)
   x_keras = keras.applications.vgg16.preprocess_input(x.copy())
   device_params = jax.device_put(params)

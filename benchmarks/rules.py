@@ -57,9 +57,11 @@ def run_one(root: str, repeats: int, write: bool, check: bool) -> dict:
   """Measures one dataset in this process (called in the child)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from data_prep import rules  # pylint: disable=g-import-not-at-top
-  from data_prep import trajectories  # pylint: disable=g-import-not-at-top
-  from imkga_jax import kg as kg_lib  # pylint: disable=g-import-not-at-top
+  from data_prep import grounding  # pylint: disable=g-import-not-at-top
+  from data_prep import rules
+  from data_prep import train_graph
+  from data_prep import trajectories
+  from imkga_jax import readers
 
   config = default.get_config()
   with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +69,7 @@ def run_one(root: str, repeats: int, write: bool, check: bool) -> dict:
       from data_prep import synthetic  # pylint: disable=g-import-not-at-top
       synthetic.generate_from_config(config, os.path.join(tmp, 'synthetic'))
       root = os.path.join(tmp, 'synthetic')
-    kg = kg_lib.load_kg(root, unknown='keep')
+    kg = readers.load_kg(root, unknown='keep')
   queries = kg.with_inverses('train')
   rss_before = _peak_rss_mb()
   times, mine_times, ground_times = [], [], []
@@ -77,10 +79,10 @@ def run_one(root: str, repeats: int, write: bool, check: bool) -> dict:
     ruleset = rules.mine_rules(kg, config, graph=graph)
     mined = time.perf_counter()
     paths = grounding.ground_paths(graph, ruleset, queries,
-                               paths_per_triple=config.rules.paths_per_triple,
-                               paths_per_rule=config.rules.paths_per_rule,
-                               fanout=config.rules.grounding_fanout, seed=config.seed,
-                               max_length=config.trajectories.max_hops)
+                                   paths_per_triple=config.rules.paths_per_triple,
+                                   paths_per_rule=config.rules.paths_per_rule,
+                                   fanout=config.rules.grounding_fanout, seed=config.seed,
+                                   max_length=config.trajectories.max_hops)
     end = time.perf_counter()
     times.append(end - start)
     mine_times.append(mined - start)

@@ -68,7 +68,9 @@ def masked_rows(args) -> list[dict]:
   for share in SHARES:
     root = src if share == 100 else os.path.join(var, f'masked-{share}')
     data = [f'--config.data.root={root}', '--config.data.synthetic=False',
-            '--config.data.layout=openbg', '--config.data.unknown_entities=keep']
+            '--config.data.layout=openbg', '--config.data.unknown_entities=keep',
+            # The masked variants' image folders are symlinks into the source KG.
+            '--config.data.outside_links=follow']
     base = os.path.join(args.out, 'masked', f'x{share}')
     for variant in ('mkg_rl', 'no_img'):
       wd = os.path.join(base, variant)

@@ -64,6 +64,15 @@ def _defaults() -> ml_collections.ConfigDict:
   # 'error' (stop, naming file and line), 'skip' (drop it, count it, log the count) or 'keep'
   # (keep it and add the unseen names to the vocabulary, counted and logged; WN18RR needs this).
   config.data.unknown_entities = 'error'
+  # Repeated triples (a train triple twice, a valid/test triple twice in its split, a valid/test
+  # triple that is also a train triple): 'keep' (use the splits as published; counted, logged and
+  # written to stats.json), 'drop' (remove the later copy and the valid/test copy of a train triple,
+  # counted) or 'error' (stop, naming both lines).
+  config.data.duplicates = 'keep'
+  # Input files reached through a symlink whose target leaves data.root: 'error' (stop, naming the
+  # link), 'skip' (leave such images out, counted and logged) or 'follow' (read them, counted; the
+  # folders data_prep/variants.py writes link their images to the source KG).
+  config.data.outside_links = 'error'
 
   # ---------------------------------------------------------------- synthetic KG generator
   config.synthetic = ml_collections.ConfigDict()
@@ -118,6 +127,10 @@ def _defaults() -> ml_collections.ConfigDict:
   config.features.ocr_min_chars = 2
   # Run OCR on a second thread while VGG16 runs.
   config.features.concurrent_ocr = True
+  # Largest image (width x height) decoded; a larger one is counted and logged as unreadable before
+  # its pixels are decoded (Pillow's decompression-bomb limit is set to it). 40 MP is a 7300x5500
+  # photo, ~120 MB decoded; VGG16 and OCR read 224x224 here.
+  config.features.max_image_pixels = 40_000_000
 
   # ---------------------------------------------------------------- rules and paths (issue 4)
   config.rules = ml_collections.ConfigDict()

@@ -1,9 +1,11 @@
 """Entity feature table (`features.npz`): VGG16 image vector, OCR text and its vector, h_fig, h_ocr.
 
 `build_features` runs VGG16 (`vgg16.py`) and OCR (`ocr.py`, cached, on a second thread at the same
-time) on the FIRST image of every entity that has images (further images are counted, logged and
-not used), vectorises the OCR text (`text_vector.py`), then reduces each modality with the Eq. 3–7
-attention block + autoencoder, trained on reconstruction, to `h_fig` (8-d) and `h_ocr` (3-d).
+time) on one image of every entity that has images: the first, in name order, that is a readable
+regular file of at most `features.max_image_pixels` pixels (`images.py`; the ones before it are
+counted and logged as unreadable, the ones after it as unused). It vectorises the OCR text
+(`text_vector.py`), then reduces each modality with the Eq. 3–7 attention block + autoencoder,
+trained on reconstruction, to `h_fig` (8-d) and `h_ocr` (3-d).
 
 Our reading of the paper's §3.1 (Eq. 3–7), per modality φ ∈ R^D (one block and one autoencoder
 for the image vector, another for the OCR vector; the paper's third block, for the structure
@@ -38,9 +40,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from data_prep import images as images_lib
 from data_prep import ocr as ocr_lib
 from data_prep import text_vector
 from data_prep import vgg16
+from data_prep import vgg16_weights
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 
 FEATURES_FILE = 'features.npz'
@@ -167,12 +172,6 @@ def _ocr_brand_exact(kg: kg_lib.KnowledgeGraph, texts: dict[str, str | None]) ->
   return sum((texts[n] or '').strip() == printed[n] for n in names) / len(names)
 
 
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
                    prepared_dir: str) -> dict[str, Any]:
   """Writes `prepared_dir/features.npz` (contracts.md) and returns the stage's stats.
@@ -183,45 +182,61 @@ def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
     prepared_dir: output folder; the OCR cache lives there too (`ocr_cache.jsonl`).
 
   Returns:
-    Stats: images (entities with an image; the first one is read), images_unreadable,
-    images_unused (further images per entity, not used), ocr_nonempty, ocr_cache_hits,
-    ocr_brand_exact (synthetic KG only), fig_ae_loss, ocr_ae_loss, vgg_weights, seconds per part.
+    Stats: images (entities with an image), images_unreadable (entities none of whose images is
+    readable), image_files_unreadable (files that failed, also those a later image replaced),
+    images_over_pixel_limit (files refused by size), images_fallback (entities read from a later
+    image), images_unused (images after the one read), ocr_image_mismatch, ocr_nonempty,
+    ocr_cache_hits, ocr_brand_exact (synthetic KG only), fig_ae_loss, ocr_ae_loss, vgg_weights,
+    seconds per part.
   """
+  with images_lib.pixel_limit(config.features.max_image_pixels):
+    return _build_features(kg, config, prepared_dir)
+
+
+def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
+                    prepared_dir: str) -> dict[str, Any]:
   fc = config.features
   os.makedirs(prepared_dir, exist_ok=True)
   num = kg.num_entities
   listed = sorted((kg.entity_id(name), paths) for name, paths in kg.images.items() if paths)
   ids = np.asarray([i for i, _ in listed], np.int64)
-  paths = [p[0] for _, p in listed]
-  unused = sum(len(p) - 1 for _, p in listed)
-  if unused:
-    logging.info('features: using the first image of each entity; %d further images not used', unused)
+  paths = [list(p) for _, p in listed]             # every image of an entity, tried in order
   timings = {}
   start = time.perf_counter()
   engine = ocr_lib.make_engine(fc.ocr_engine, fc.ocr_det_limit_side_len)
   cache = os.path.join(prepared_dir, OCR_CACHE_FILE)
 
+  ocr_report, vgg_report = {}, {}
+
   def run_ocr():
     t = time.perf_counter()
-    out = ocr_lib.run_ocr(paths, engine, cache, min_chars=fc.ocr_min_chars)
+    out = ocr_lib.run_ocr(paths, engine, cache, min_chars=fc.ocr_min_chars,
+                          max_pixels=fc.max_image_pixels, report=ocr_report)
     timings['ocr_seconds'] = round(time.perf_counter() - t, 2)
     return out
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
     ocr_future = pool.submit(run_ocr) if fc.concurrent_ocr else None
     t = time.perf_counter()
-    params, preprocess = vgg16.load_or_init(fc.vgg_weights, config.seed)
+    params, preprocess = vgg16_weights.load_or_init(fc.vgg_weights, config.seed)
     vectors, ok = vgg16.extract_features(paths, params, preprocess=preprocess, layer=fc.vgg_layer,
-                                         batch_size=fc.batch_size, image_size=fc.vgg_image_size)
+                                         batch_size=fc.batch_size, image_size=fc.vgg_image_size,
+                                         max_pixels=fc.max_image_pixels, report=vgg_report)
     del params
     timings['vgg_seconds'] = round(time.perf_counter() - t, 2)
     texts, ocr_stats = ocr_future.result() if ocr_future else run_ocr()
   image_vector = np.zeros((num, vectors.shape[1]), np.float32)
   image_present = np.zeros(num, bool)
   image_vector[ids], image_present[ids] = vectors, ok
+  chosen = vgg_report.get('chosen', np.full(len(paths), -1))
+  # OCR picks its image by the same rule; should the two ever differ, the text is not used.
+  mismatch = int((ok & (ocr_report.get('chosen', chosen) != chosen)).sum())
+  if mismatch:
+    logging.warning('features: %d entities read by VGG16 and OCR from different images; their OCR '
+                    'text is left out', mismatch)
   text = np.full(num, '', dtype=object)
-  for i, t, good in zip(ids, texts, ok):
-    text[i] = (t or '') if good else ''
+  for i, t, good, same in zip(ids, texts, ok, ocr_report.get('chosen', chosen) == chosen):
+    text[i] = (t or '') if good and same else ''
   ocr_present = image_present & (text != '')
   ocr_vector = text_vector.vectorise([t if p else None for t, p in zip(text, ocr_present)],
                                      fc.ocr_vector_dim, fc.ngram_min, fc.ngram_max)
@@ -229,13 +244,23 @@ def build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
   h_fig, fig_loss = reduce_features(image_vector, image_present, fc.fig_dim, fc, config.seed)
   h_ocr, ocr_loss = reduce_features(ocr_vector, ocr_present, fc.ocr_dim, fc, config.seed + 1)
   timings['ae_seconds'] = round(time.perf_counter() - t, 2)
-  _save_npz(os.path.join(prepared_dir, FEATURES_FILE), image_vector=image_vector,
-            image_present=image_present, ocr_text=text.astype(str), ocr_vector=ocr_vector,
-            ocr_present=ocr_present, h_fig=h_fig, h_ocr=h_ocr)
+  files.atomic_save_npz(os.path.join(prepared_dir, FEATURES_FILE), image_vector=image_vector,
+                        image_present=image_present, ocr_text=text.astype(str),
+                        ocr_vector=ocr_vector, ocr_present=ocr_present, h_fig=h_fig, h_ocr=h_ocr)
   unreadable = int((~ok).sum())
   if unreadable:
-    logging.warning('features: %d of %d images unreadable (presence False)', unreadable, len(paths))
-  stats = {'images': len(paths), 'images_unreadable': unreadable, 'images_unused': unused,
+    logging.warning('features: %d of %d entities have no readable image (presence False)',
+                    unreadable, len(paths))
+  fallback = int((chosen > 0).sum())
+  unused = sum(len(p) - 1 - c for p, c in zip(paths, chosen) if c >= 0)
+  if fallback:
+    logging.warning('features: %d entities read from a later image, the earlier ones unreadable',
+                    fallback)
+  stats = {'images': len(paths), 'images_unreadable': unreadable,
+           'image_files_unreadable': vgg_report.get('files_unreadable', 0),
+           'images_over_pixel_limit': vgg_report.get('files_over_pixel_limit', 0),
+           'images_fallback': fallback, 'images_unused': int(unused),
+           'ocr_image_mismatch': mismatch,
            'ocr_nonempty': int(ocr_present.sum()), 'ocr_cache_hits': ocr_stats['ocr_cache_hits'],
            'fig_ae_loss': fig_loss and round(fig_loss, 4),
            'ocr_ae_loss': ocr_loss and round(ocr_loss, 4),

@@ -21,15 +21,15 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
-from PIL import Image
 import tqdm
+
+from data_prep import images as images_lib
 
 ENGINES = ('rapidocr', 'easyocr')
 
@@ -137,55 +137,83 @@ class OcrCache:
       f.write(json.dumps(record, ensure_ascii=False) + '\n')
 
 
-def _decode(data: bytes, path: str) -> np.ndarray | None:
+def _read_one(path: str, engine: OcrEngine, key: str, cache: OcrCache | None, min_chars: int,
+              max_pixels: int) -> tuple[str | None, bool]:
+  """`(text, cache hit)` of one image file (text None: the cache records it as unreadable), or
+  `UnreadableImage`.
+
+  The file's type and pixel count are checked before the cache is asked (so an image refused here
+  is refused whatever an earlier run cached); a decode failure is cached as unreadable, a refusal by
+  size is not (raising `features.max_image_pixels` then reads the image).
+  """
+  data = images_lib.read_bytes(path)
+  digest = file_hash(data)
+  found, text = cache.get(digest, key) if cache is not None else (False, None)
+  if found:
+    if text is not None:
+      images_lib.decode_header(data, path, max_pixels)      # the size limit holds for hits too
+    return text, True
   try:
-    with Image.open(io.BytesIO(data)) as img:
-      return np.asarray(img.convert('RGB'), dtype=np.uint8)    # [H, W, 3]
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    logging.warning('OCR: unreadable image %s: %s: %s', path, type(e).__name__, e)
-    return None
+    image = images_lib.decode(data, path, max_pixels)
+  except images_lib.UnreadableImage as e:
+    if cache is not None and not e.over_limit:
+      cache.put(digest, key, None)
+    raise
+  text = ocr_text(engine.read_lines(image), min_chars)
+  if cache is not None:
+    cache.put(digest, key, text)
+  return text, False
 
 
-def run_ocr(paths: Sequence[str], engine: OcrEngine, cache_path: str | None = None,
-            min_chars: int = 2, progress: bool = True) -> tuple[list[str | None], dict[str, int]]:
-  """OCR text of each image file, through the cache.
+def run_ocr(paths: Sequence[str | Sequence[str]], engine: OcrEngine, cache_path: str | None = None,
+            min_chars: int = 2, progress: bool = True,
+            max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+            report: dict[str, Any] | None = None) -> tuple[list[str | None], dict[str, int]]:
+  """OCR text of each item, through the cache.
 
   Args:
-    paths: image files.
+    paths: one item per text: an image file, or a list of files tried in order until one is
+      readable (an entity's images; the same rule as `vgg16.extract_features`).
     engine: an `OcrEngine`.
     cache_path: JSON-lines cache (created if missing); None = no cache.
     min_chars: shortest line kept (see `ocr_text`).
     progress: show a tqdm bar.
+    max_pixels: larger images are unreadable, refused before decoding (features.max_image_pixels).
+    report: if given, receives `chosen` (index of the file read per item, -1 for none) and
+      `files_unreadable` (files that failed, also those a later file of their item replaced).
 
   Returns:
-    (text per path — '' when nothing was read, None when the image is unreadable or missing;
-    stats {ocr_images, ocr_cache_hits, ocr_unreadable}).
+    (text per item — '' when nothing was read, None when no image of it is readable;
+    stats {ocr_images, ocr_cache_hits, ocr_unreadable (items without a readable image)}).
   """
   cache = OcrCache(cache_path) if cache_path else None
   key = f'{engine.name}/min{min_chars}'
   texts: list[str | None] = []
-  hits = unreadable = 0
-  for path in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='img', disable=not progress):
-    try:
-      with open(path, 'rb') as f:
-        data = f.read()
-    except OSError as e:
-      logging.warning('OCR: cannot read %s: %s', path, e)
-      texts.append(None)
-      unreadable += 1
-      continue
-    digest = file_hash(data)
-    found, text = cache.get(digest, key) if cache is not None else (False, None)
-    if found:
-      hits += 1
-    else:
-      image = _decode(data, path)
-      text = None if image is None else ocr_text(engine.read_lines(image), min_chars)
-      if cache is not None:
-        cache.put(digest, key, text)
+  chosen: list[int] = []
+  hits = unreadable = files_unreadable = 0
+  for item in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='img', disable=not progress):
+    candidates = [item] if isinstance(item, str) else list(item)
+    text, index = None, -1
+    for i, path in enumerate(candidates):
+      try:
+        text, hit = _read_one(path, engine, key, cache, min_chars, max_pixels)
+      except images_lib.UnreadableImage as e:
+        logging.warning('OCR: unreadable image %s', e)
+        files_unreadable += 1
+        continue
+      hits += hit
+      if text is None:
+        logging.warning('OCR: unreadable image %s (recorded in the OCR cache)', path)
+        files_unreadable += 1
+        continue
+      index = i
+      break
     unreadable += text is None
     texts.append(text)
+    chosen.append(index)
   if unreadable:
     logging.warning('OCR: %d of %d images unreadable; their text is recorded as missing',
                     unreadable, len(paths))
+  if report is not None:
+    report.update(chosen=np.asarray(chosen, np.int64), files_unreadable=files_unreadable)
   return texts, {'ocr_images': len(paths), 'ocr_cache_hits': hits, 'ocr_unreadable': unreadable}

@@ -1,17 +1,23 @@
 """The offline stages in order: raw KG -> `WORKDIR/prepared/`.
 
-Stages (each skipped when its outputs exist and were made from the same config, by fingerprint):
+Stages (each skipped when its outputs exist and were made from the same config and inputs, by
+fingerprint):
 
 1. `synthetic` — only with `data.synthetic=True`: writes the embedded KG into `WORKDIR/raw`.
 2. `kg`        — reads the raw KG, writes `vocab.json`, `triples.npz`.
 3. `features`  — with `features.enabled`: VGG16 + OCR + Eq. 3-7 reduction -> `features.npz`.
 4. `trajectories` — rules, grounded paths, return-to-go, TFRecord shards.
 
-Every stage's statistics are merged into `prepared/stats.json`.
+A stage's fingerprint covers its config keys, those of the earlier stages and, from `kg` on, the raw
+KG's input files (`readers.input_files`): size, mtime and sha256 of every triple and text file, size
+and mtime of every image (hashing an image folder would cost more than the stage it guards; an edit
+that keeps an image's size and mtime is not noticed). So an edited `train.txt` re-runs `kg` and
+everything after it. The config is validated first (`imkga_jax.config_check`) and the workdir is
+locked for the run (`files.workdir_lock`). Every stage's statistics are merged into
+`prepared/stats.json`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +26,10 @@ from typing import Any, Callable
 
 import ml_collections
 
+from imkga_jax import config_check
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 
 # Config sections each stage depends on (a change in any of them re-runs the stage and the later ones).
 STAGE_KEYS = {
@@ -48,15 +57,25 @@ def prepared_dir(workdir: str) -> str:
   return os.path.join(workdir, 'prepared')
 
 
-def fingerprints(config: ml_collections.ConfigDict) -> dict[str, str]:
-  """Cumulative fingerprint per stage: a stage's hash covers its keys and those of earlier stages."""
+def input_manifest(config: ml_collections.ConfigDict, root: str) -> list[dict[str, Any]]:
+  """What the `kg` stage reads from `root`: every text file hashed, every image by size and mtime."""
+  found = readers.input_files(root, config.data.layout)
+  return (files.fingerprint_files(found['text'], content=True)
+          + files.fingerprint_files(found['images'], content=False))
+
+
+def fingerprints(config: ml_collections.ConfigDict,
+                 inputs: list[dict[str, Any]] | None = None) -> dict[str, str]:
+  """Cumulative fingerprint per stage: a stage's hash covers its keys and those of earlier stages,
+  and from `kg` on the input files `inputs` (`input_manifest`)."""
   out, parts = {}, []
   for stage in STAGES:
     for key in STAGE_KEYS[stage]:
       value = config[key]
-      parts.append(key + '=' + (value.to_json(sort_keys=True) if hasattr(value, 'to_json')
-                                else json.dumps(value)))
-    out[stage] = hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
+      parts.append([key, json.loads(value.to_json()) if hasattr(value, 'to_json') else value])
+    if stage == 'kg':
+      parts.append(['inputs', inputs])
+    out[stage] = files.fingerprint(parts)[:16]
   return out
 
 
@@ -64,11 +83,27 @@ def _read_json(path: str, default):
   if not os.path.exists(path):
     return default
   with open(path, encoding='utf-8') as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      logging.warning('%s:%d: not valid JSON (%s); treated as absent, so every stage re-runs', path,
+                      e.lineno, e.msg)
+      return default
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs every stage that is not done yet; returns the merged statistics (also in stats.json)."""
+  """Runs every stage that is not done yet; returns the merged statistics (also in stats.json).
+
+  Raises:
+    config_check.ConfigError: a config value out of range (before anything is read or written).
+    files.WorkdirLockedError: another process prepares or trains in `workdir`.
+  """
+  config_check.validate(config)
+  with files.workdir_lock(workdir, 'prepare'):
+    return _prepare(config, workdir)
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   out = prepared_dir(workdir)
   os.makedirs(out, exist_ok=True)
   wanted = fingerprints(config)
@@ -91,8 +126,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Later stages depend on this one: forget them so they re-run.
     for later in STAGES[STAGES.index(stage) + 1:]:
       done.pop(later, None)
-    kg_lib.write_json(os.path.join(out, STATS_FILE), stats)
-    kg_lib.write_json(os.path.join(out, FINGERPRINT_FILE), done)
+    files.write_json(os.path.join(out, STATS_FILE), stats)
+    files.write_json(os.path.join(out, FINGERPRINT_FILE), done)
 
   def load() -> kg_lib.KnowledgeGraph:
     nonlocal kg
@@ -110,9 +145,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     done.pop('synthetic', None)
     wanted.pop('synthetic', None)
 
+  # The raw KG exists now (the synthetic stage may have written it): fingerprint its files.
+  wanted.update({k: v for k, v in fingerprints(config, input_manifest(config, root)).items()
+                 if k != 'synthetic'})
+
   def read_kg():
     nonlocal kg
-    kg = kg_lib.load_kg(root, config.data.layout, config.data.unknown_entities)
+    kg = readers.load_kg_from_config(config.data, root)
     kg.save(out)
     return kg.stats()
   run('kg', read_kg)

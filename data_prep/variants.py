@@ -21,7 +21,8 @@ definition). Each variant is written in the same layout, kept triples in their i
 text tables copied and one symlink (a copy where symlinks fail) per image entity still occurring in the
 derived train (the reader rejects image folders of entities absent from train); dropped image entities
 are counted and logged. Test stays unchanged, so some valid/test entities may be absent from a derived
-train: read such folders with `--config.data.unknown_entities=keep`.
+train: read such folders with `--config.data.unknown_entities=keep`. The image folders are symlinks
+into the source KG, outside the variant's root: read them with `--config.data.outside_links=follow`.
 
 Example:
   >>> splits = read_layout('/tmp/kg')                               # doctest: +SKIP
@@ -29,7 +30,7 @@ Example:
   >>> print(format_table(rows))                                     # doctest: +SKIP
   $ python -m data_prep.variants --src=/tmp/kg --out=/tmp/kg_variants --shares=80,70,47,35,28
   $ python launch.py --config=configs/openbg.py --config.data.root=/tmp/kg_variants/masked-47 \\
-      --config.data.unknown_entities=keep --workdir=/tmp/m47
+      --config.data.unknown_entities=keep --config.data.outside_links=follow --workdir=/tmp/m47
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 
 Triple = tuple[str, str, str]
 DERIVED = ('train', 'valid')                     # the splits a variant changes; test never changes
@@ -51,7 +53,8 @@ VARIANT_FILE = 'variant.json'
 STATS_FILE = 'stats.md'
 COLUMNS = ('Dataset', '#Ent', '#Rel', '#Train', '#Valid', '#Test', '#images')
 KEEP_HINT = ('test is unchanged, so a derived folder can hold valid/test entities absent from its '
-             'train: read it with --config.data.unknown_entities=keep')
+             'train: read it with --config.data.unknown_entities=keep (and, as its image folders '
+             'link to the source, --config.data.outside_links=follow)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +100,7 @@ def read_layout(src: str) -> Splits:
     if not os.path.isfile(path):
       raise kg_lib.KGFormatError(f'--src={src}: missing {fname} (the {split} split); the folder must '
                                  'be in the OpenBG-IMG layout (see imkga_jax/kg.py)')
-    rows[split] = tuple((h, r, t) for _, h, r, t in kg_lib.read_triple_lines(path))
+    rows[split] = tuple((h, r, t) for _, h, r, t in readers.read_triple_lines(path))
   images_root = os.path.join(src, kg_lib.OPENBG_IMAGES)
   images, empty = set(), 0
   if os.path.isdir(images_root):
@@ -387,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     f.write(table + '\n')
   print(table)
   print(f'\nNote: {KEEP_HINT}, e.g. python launch.py --config.data.root={args.out}/{jobs[-1][0]} '
-        '--config.data.unknown_entities=keep ...')
+        '--config.data.unknown_entities=keep --config.data.outside_links=follow ...')
   return rows
 
 

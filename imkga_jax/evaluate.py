@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 
 from imkga_jax import decode
 from imkga_jax import explain
+from imkga_jax import files
 from imkga_jax import grammar
 from imkga_jax import kg as kg_lib
 from imkga_jax import prepared as prepared_lib
@@ -76,10 +77,10 @@ class Evaluator:
   @classmethod
   def restore(cls, config: ml_collections.ConfigDict, workdir: str) -> 'Evaluator':
     """The latest checkpoint of `workdir`, its prepared KG and features, and the decoder."""
-    from imkga_jax import sharding, train  # pylint: disable=g-import-not-at-top
+    from imkga_jax import checkpoints, sharding  # pylint: disable=g-import-not-at-top
     prepared = os.path.join(workdir, 'prepared')
     kg = kg_lib.KnowledgeGraph.load(prepared)
-    model, params, step = train.restore_params(config, workdir, kg.space.num_tokens)
+    model, params, step = checkpoints.restore_params(config, workdir, kg)
     f = config.features
     table = prepared_lib.load_features(prepared, kg.num_entities, f.fig_dim, f.ocr_dim)
     mesh = sharding.make_mesh(config.mesh)
@@ -142,9 +143,9 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
   """`--mode=eval`: metrics of the latest checkpoint (module docstring). Skipped, returning the
   stored metrics, when they were made from the same checkpoint step and settings; `summary` also
   prints the metrics table and three example answers with their paths."""
-  from imkga_jax import train  # pylint: disable=g-import-not-at-top
+  from imkga_jax import checkpoints  # pylint: disable=g-import-not-at-top
   state_path = os.path.join(workdir, EVAL_STATE_FILE)
-  latest = train.checkpoint_manager(workdir, config).latest_step()
+  latest = checkpoints.latest_step(workdir, config)
   if latest is not None and os.path.exists(state_path):
     with open(state_path, encoding='utf-8') as f:
       done = json.load(f)
@@ -162,10 +163,10 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
     metrics[split] = evaluator.split(split, rows if split == 'test' else None)
   by_relation = {split: m.pop('by_relation') for split, m in metrics.items()}
   if jax.process_index() == 0:
-    kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
-    kg_lib.write_json(os.path.join(workdir, METRICS_FILE), metrics)
+    files.write_json(os.path.join(workdir, BY_RELATION_FILE), by_relation)
+    files.write_json(os.path.join(workdir, METRICS_FILE), metrics)
     explain.write_jsonl(os.path.join(workdir, EXPLANATIONS_FILE), rows)
-    kg_lib.write_json(state_path, _fingerprint(config, evaluator.step))
+    files.write_json(state_path, _fingerprint(config, evaluator.step))
   logging.info('evaluation of checkpoint step %d (beam %d, %s):\n%s', evaluator.step,
                config.decode.beam_size,
                'constrained' if config.decode.constrained else 'unconstrained',

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import ranking
 
@@ -132,7 +133,7 @@ def explanation_row(kg: kg_lib.KnowledgeGraph, split: str, direction: str, query
 
 def write_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   """Writes one JSON object per line, atomically."""
-  kg_lib.atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
+  files.atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 
 VOCAB_FILE = kg_lib.VOCAB_FILE
@@ -89,7 +90,7 @@ def direct_form(config: Any) -> dict[str, Any]:
 def write_format(prepared_dir: str, config: Any) -> dict[str, Any]:
   """Writes `format.json` for trajectories made with `config`; returns what it wrote."""
   info = {'seq_len': config_sequence_length(config), 'direct_form': direct_form(config)}
-  kg_lib.write_json(path(prepared_dir, FORMAT_FILE), info)
+  files.write_json(path(prepared_dir, FORMAT_FILE), info)
   return info
 
 
@@ -139,15 +140,24 @@ def direct_table(kg: kg_lib.KnowledgeGraph, prepared_dir: str) -> np.ndarray:
 
 
 # ============================================================================ features
-def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: int
-                  ) -> dict[str, np.ndarray]:
-  """Per-entity `FEATURE_KEYS` arrays from features.npz (zeros / False without the file)."""
+def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: int,
+                  required_by: str | None = None) -> dict[str, np.ndarray]:
+  """Per-entity `FEATURE_KEYS` arrays from features.npz.
+
+  Without the file the table is zeros / False, which only variants that read no features may use:
+  `required_by` (the variant's name, when it reads them) makes a missing file an error naming it.
+  """
   file = path(prepared_dir, FEATURES_FILE)
   table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
            'ocr': np.zeros((num_entities, ocr_dim), np.float32),
            'fig_present': np.zeros((num_entities,), bool),
            'ocr_present': np.zeros((num_entities,), bool)}
   if not os.path.exists(file):
+    if required_by:
+      raise FileNotFoundError(
+          f'{file} is missing, and model.variant={required_by!r} reads image and OCR features: '
+          'run `launch.py --mode=prepare` with --config.features.enabled=True (it writes the file), '
+          'or use a variant without features (--config.model.variant=rl or no_img)')
     return table
   with np.load(file) as f:
     for key, source in FEATURE_SOURCES.items():

@@ -1,14 +1,17 @@
 """Training: sharded, jitted train step, orbax checkpoints with resume, metrics (DESIGN.md §6).
 
 `train_and_evaluate(config, workdir)` reads `WORKDIR/prepared/` (written by `--mode=prepare`), trains
-IMKGA-SM and writes orbax checkpoints to `WORKDIR/checkpoints/` and TensorBoard events to `WORKDIR/`.
-Restarting it resumes from the latest checkpoint and ends with the same parameters as an uninterrupted
-run of the same seed: the batch order and every random number are functions of (seed, step).
+IMKGA-SM and writes orbax checkpoints to `WORKDIR/checkpoints/` (`checkpoints.py`: parameters,
+optimiser state and the vocabulary they belong to) and TensorBoard events to `WORKDIR/`.
+Restarting it resumes from the latest readable checkpoint and ends with the same parameters as an
+uninterrupted run of the same seed: the batch order and every random number are functions of
+(seed, step). The config is validated first, and the workdir is locked while training
+(`files.workdir_lock`; by process 0 of a multi-process run).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -21,10 +24,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 from clu import metric_writers
 from tqdm import tqdm
 
+from imkga_jax import checkpoints
+from imkga_jax import config_check
+from imkga_jax import files
 from imkga_jax import input_pipeline
 from imkga_jax import kg as kg_lib
 from imkga_jax import losses
@@ -36,9 +41,7 @@ from imkga_jax.optim import PerIndex
 from imkga_jax.optim import modality_modulation
 
 MODALITIES = ('fig', 'ocr')
-# Config sections a checkpoint depends on; resuming with different values is refused.
-CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
-CHECKPOINT_DIR = 'checkpoints'
+FEATURES_FILE = 'features.npz'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -129,20 +132,13 @@ def state_layout(config: ml_collections.ConfigDict, model: nn.Module,
   Parameter shardings come from the logical axis names on the parameters and `config.mesh.rules`;
   optimiser moments follow their parameters; scalars (step, modulation state) are replicated.
   """
-  inputs = prepared.dummy_inputs(prepared.config_sequence_length(config), config.features.fig_dim,
-                                 config.features.ocr_dim, batch_size=2)
-
-  def init_boxed(rng):
-    return model.init({'params': rng, 'dropout': rng}, inputs, train=False)['params']
+  init_params, _, param_sharding = checkpoints.param_layout(config, model, mesh)
 
   def init(rng):
-    params = nn.meta.unbox(init_boxed(rng))
+    params = init_params(rng)
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
-  rng = jax.random.key(config.seed)
-  param_sharding = sharding.logical_shardings(jax.eval_shape(init_boxed, rng), mesh,
-                                              config.mesh.rules)
-  abstract = jax.eval_shape(init, rng)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
   replicated = sharding.replicated(mesh)
   opt_sharding = follow_params(abstract.opt_state, abstract.params, param_sharding, replicated)
   state_sharding = TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding)
@@ -171,87 +167,12 @@ def follow_params(opt_state: Any, params: Any, param_sharding: Any, default: Any
   return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def restore_target(abstract: TrainState, state_sharding: TrainState) -> TrainState:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract, state_sharding)
-
-
-def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {k: json.loads(config[k].to_json()) if hasattr(config[k], 'to_json') else config[k]
-          for k in CHECKPOINT_KEYS}
-
-
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (leaves: anything but a dict or ConfigDict)."""
-  if isinstance(tree, ml_collections.ConfigDict):
-    tree = tree.to_dict()
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f'{prefix}.{key}' if prefix else key))
-  return out
-
-
-def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
-                        defaults: ml_collections.ConfigDict | None = None) -> None:
-  """Refuses to resume checkpoints made with a different model/optimiser configuration.
-
-  With `defaults` (the full default config), a key the saved `train_config.json` lacks — one added to
-  the code after the run was made — counts as unchanged when its current value is its default (the
-  behaviour the run was made with); the saved file then gains the key.
-  """
-  path = os.path.join(workdir, 'train_config.json')
-  current = _fingerprint(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved == current:
-      return
-    old, new = _flatten(saved), _flatten(current)
-    known = _flatten(_fingerprint(defaults)) if defaults is not None else {}
-    added = {k for k in new if k not in old and k in known and new[k] == known[k]}
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in added)
-    if changed:
-      raise ValueError(f'{path}: the checkpoints in {workdir} were made with different config '
-                       f'values {changed}; use a new --workdir or restore the old values')
-    logging.info('%s: keys added since the run was made, at their defaults: %s', path, sorted(added))
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
-
-
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.max_to_keep, create=True))
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str, num_tokens: int,
-                   step: int | None = None) -> tuple[nn.Module, Any, int]:
-  """Loads `(model, params, step)` of the latest (or given) checkpoint, for evaluation."""
-  model = imkga.build_model(config, num_tokens)
-  mesh = sharding.make_mesh(config.mesh)
-  _, abstract, state_sharding = state_layout(config, model, make_optimizer(config, model.branches),
-                                             mesh)
-  manager = checkpoint_manager(workdir, config)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; '
-                            'run --mode=train first')
-  state = manager.restore(step, args=ocp.args.StandardRestore(restore_target(abstract,
-                                                                             state_sharding)))
-  return model, state.params, int(step)
-
-
 # ============================================================================ loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
                        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
                        defaults: ml_collections.ConfigDict | None = None) -> dict[str, float]:
-  """Trains to `config.train.num_steps`, resuming from the latest checkpoint.
+  """Trains to `config.train.num_steps`, resuming from the latest readable checkpoint.
 
   Args:
     config: the full config (configs/default.py).
@@ -259,15 +180,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     devices: devices of the mesh (default: all).
     on_metrics: called as `on_metrics(step, metrics)` at every logging step.
     defaults: the default config (configs/default.py); lets a run resume whose saved config predates
-      a key now at its default (`check_resume_config`).
+      a key now at its default (`checkpoints.check_resume_config`).
 
   Returns:
     The metrics of the last logging step (empty when there was nothing left to train).
+
+  Raises:
+    config_check.ConfigError: a config value out of range (before anything is built).
+    files.WorkdirLockedError: another process trains or prepares in `workdir`.
+    checkpoints.CheckpointMismatchError: the checkpoints belong to another vocabulary or model.
+    NonFiniteLossError: the loss became NaN or infinite (the message names the step).
   """
+  config_check.validate(config)
   sharding.maybe_initialize_distributed(config.mesh)
+  with contextlib.ExitStack() as stack:
+    files.ensure_workdir(workdir)
+    if jax.process_index() == 0:
+      stack.enter_context(files.workdir_lock(workdir, 'train'))
+    return _train(config, workdir, devices, on_metrics, defaults)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None,
+           on_metrics: Callable[[int, dict[str, float]], None] | None,
+           defaults: ml_collections.ConfigDict | None) -> dict[str, float]:
   prepared_dir = os.path.join(workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared_dir)
-  check_resume_config(config, workdir, defaults)
+  checkpoints.check_resume_config(config, workdir, defaults)
   model = imkga.build_model(config, kg.space.num_tokens)
   tx = make_optimizer(config, model.branches)
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -278,20 +216,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if global_batch % jax.process_count() or global_batch % mesh.shape[config.mesh.axes[0]]:
     raise ValueError(f'train.batch_size={global_batch} must be divisible by the number of processes '
                      f'({jax.process_count()}) and by the data axis ({mesh.shape[config.mesh.axes[0]]})')
+  table = jax.device_put(prepared.load_features(
+      prepared_dir, kg.num_entities, config.features.fig_dim, config.features.ocr_dim,
+      required_by=config.model.variant if model.config.use_features else None), replicated)
 
   init, abstract, state_sharding = state_layout(config, model, tx, mesh)
-  manager = checkpoint_manager(workdir, config)
-  start_step = manager.latest_step() or 0
-  if start_step:
-    state = manager.restore(start_step,
-                            args=ocp.args.StandardRestore(restore_target(abstract, state_sharding)))
+  manager = checkpoints.manager(workdir, config.train.max_to_keep)
+  restored = checkpoints.restore_state(
+      workdir, manager, kg, checkpoints.restore_target(abstract.params, state_sharding.params),
+      checkpoints.restore_target(abstract.opt_state, state_sharding.opt_state))
+  if restored is not None:
+    start_step, params, opt_state = restored
+    state = TrainState(step=jax.device_put(jnp.asarray(start_step, jnp.int32), replicated),
+                       params=params, opt_state=opt_state)
     logging.info('resumed from checkpoint step %d', start_step)
   else:
+    start_step = 0
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
-
-  table = jax.device_put(prepared.load_features(prepared_dir, kg.num_entities,
-                                                config.features.fig_dim, config.features.ocr_dim),
-                         replicated)
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, config=config,
                         entity_offset=kg.space.entity_offset),
@@ -301,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config).items()
+    writer.write_hparams({k: v for k, v in config_check.flatten(config).items()
                           if isinstance(v, (int, float, str, bool))})
   schedule = learning_rate_schedule(config)
   batches = input_pipeline.create_train_iterator(prepared_dir, config, skip_batches=start_step)
@@ -317,9 +258,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
       manager.wait_until_finished()
+      good = manager.latest_step()
       raise NonFiniteLossError(
-          f'loss is {loss} at step {step + 1}; stopped without saving. The last good checkpoint is step '
-          f'{manager.latest_step()} in {os.path.join(workdir, CHECKPOINT_DIR)}')
+          f'loss is {loss} at step {step + 1}; stopped without saving. ' + (
+              f'The last good checkpoint is step {good} in {checkpoints.directory(workdir)}'
+              if good is not None else f'No checkpoint was written in {workdir} yet.'))
     bar.update(1)
     timer_steps += 1
     done = step + 1
@@ -334,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       bar.set_postfix(loss=f'{loss:.4f}')
       timer_start, timer_steps = time.time(), 0
     if done % config.train.checkpoint_every == 0 or done == num_steps:
-      manager.save(done, args=ocp.args.StandardSave(state))
+      checkpoints.save(manager, done, state.params, state.opt_state, kg)
   bar.close()
   manager.wait_until_finished()
   writer.flush()

@@ -10,7 +10,8 @@ from data_prep import features
 from data_prep import synthetic
 from data_prep import text_vector
 from data_prep import vgg16
-from imkga_jax import kg as kg_lib
+from data_prep import vgg16_weights
+from imkga_jax import readers
 
 SMALL = dict(widths=(4, 8, 8, 16, 16), dense_width=32, num_classes=10)
 
@@ -71,12 +72,12 @@ def tiny_kg(tmp_path_factory):
   broken = os.path.join(root, 'OpenBG-IMG_images', 'product_0005', 'main.jpg')
   with open(broken, 'r+b') as f:
     f.truncate(300)                                # a truncated JPEG: unreadable
-  return kg_lib.load_kg(root)
+  return readers.load_kg(root)
 
 
 def test_build_features_writes_the_contract(tiny_kg, tmp_path, monkeypatch):
   small = vgg16.init_params(0, vgg16.VGG16(**SMALL))
-  monkeypatch.setattr(vgg16, 'load_or_init', lambda path, seed: (small, 'caffe'))
+  monkeypatch.setattr(vgg16_weights, 'load_or_init', lambda path, seed: (small, 'caffe'))
   config = default.get_config()
   config.features = _fc(ocr_vector_dim=32)
   kg, out = tiny_kg, str(tmp_path / 'prepared')
@@ -118,7 +119,7 @@ def test_build_features_reads_gap_features_at_vgg_image_size(tiny_kg, tmp_path, 
   """features.vgg_layer / vgg_image_size reach the extractor: gap vectors of 64x64 inputs (one per
   image, width = the last conv block), same as calling the extractor directly at that size."""
   small = vgg16.init_params(0, vgg16.VGG16(**SMALL))
-  monkeypatch.setattr(vgg16, 'load_or_init', lambda path, seed: (small, 'caffe'))
+  monkeypatch.setattr(vgg16_weights, 'load_or_init', lambda path, seed: (small, 'caffe'))
   seen = []
   extract = vgg16.extract_features
 
@@ -138,3 +139,42 @@ def test_build_features_reads_gap_features_at_vgg_image_size(tiny_kg, tmp_path, 
   direct, ok = extract([first[1]], small, layer='gap', image_size=64, progress=False)
   assert ok[0] and present[first[0]]
   np.testing.assert_allclose(image_vector[first[0]], direct[0], rtol=1e-5, atol=1e-6)
+
+
+def test_every_image_of_an_entity_is_tried_and_refusals_are_counted(tmp_path, monkeypatch):
+  """a: truncated first image, good second; b: first over features.max_image_pixels, good second;
+  c: one undecodable image. The landed stage read only the first image of each."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  small = vgg16.init_params(0, vgg16.VGG16(**SMALL))
+  monkeypatch.setattr(vgg16_weights, 'load_or_init', lambda path, seed: (small, 'caffe'))
+  root = tmp_path / 'raw'
+  rows = [('a', 'r', 'b'), ('b', 'r', 'c'), ('c', 'r', 'a')]
+  root.mkdir()
+  for split in ('train', 'dev', 'test'):
+    (root / f'OpenBG-IMG_{split}.tsv').write_text(''.join('\t'.join(r) + '\n' for r in rows))
+  for name in 'abc':
+    (root / 'OpenBG-IMG_images' / name).mkdir(parents=True)
+  (root / 'OpenBG-IMG_images' / 'a' / '0.jpg').write_bytes(b'\xff\xd8\xff truncated')
+  Image.new('RGB', (64, 64), (250, 0, 0)).save(root / 'OpenBG-IMG_images' / 'a' / '1.png')
+  Image.new('RGB', (80, 80), (0, 250, 0)).save(root / 'OpenBG-IMG_images' / 'b' / '0.png')
+  Image.new('RGB', (64, 64), (0, 0, 250)).save(root / 'OpenBG-IMG_images' / 'b' / '1.png')
+  (root / 'OpenBG-IMG_images' / 'c' / '0.jpg').write_bytes(b'not an image')
+  kg = readers.load_kg(str(root))
+  config = default.get_config()
+  config.features = _fc(ocr_vector_dim=32, vgg_layer='gap', vgg_image_size=64,
+                        max_image_pixels=64 * 64)
+  out = str(tmp_path / 'prepared')
+  limit = Image.MAX_IMAGE_PIXELS
+  stats = features.build_features(kg, config, out)
+  assert Image.MAX_IMAGE_PIXELS == limit                  # Pillow's limit is put back afterwards
+  assert (stats['images'], stats['images_unreadable'], stats['image_files_unreadable'],
+          stats['images_over_pixel_limit'], stats['images_fallback'], stats['images_unused']) == (
+              3, 1, 3, 1, 2, 0)
+  with np.load(os.path.join(out, 'features.npz')) as z:
+    present, vectors = z['image_present'], z['image_vector']
+  assert present.tolist() == [kg.entities[i] in ('a', 'b') for i in range(kg.num_entities)]
+  for name in 'ab':
+    direct, ok = vgg16.extract_features([kg.images[name][1]], small, layer='gap', image_size=64,
+                                        progress=False)
+    assert ok[0]
+    np.testing.assert_allclose(vectors[kg.entity_id(name)], direct[0], rtol=1e-5, atol=1e-6)

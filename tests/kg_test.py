@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'datasets')
 
@@ -33,7 +34,7 @@ def names(kg, split):
 
 @pytest.mark.parametrize('sep,newline', [('\t', '\n'), (' ', '\n'), ('\t', '\r\n'), ('  ', '\r\n')])
 def test_triple_folder_round_trip(tmp_path, sep, newline):
-  kg = kg_lib.load_kg(triple_folder(tmp_path, sep=sep, newline=newline))
+  kg = readers.load_kg(triple_folder(tmp_path, sep=sep, newline=newline))
   assert names(kg, 'train') == TRAIN and names(kg, 'valid') == VALID and names(kg, 'test') == TEST
   assert kg.num_entities == 4 and kg.num_relations == 2
   assert kg.space.num_tokens == 4 + 2 * 2 + 4
@@ -51,7 +52,7 @@ def test_openbg_layout_round_trip(tmp_path):
   (tmp_path / 'OpenBG-IMG_images' / 'a').mkdir(parents=True)
   (tmp_path / 'OpenBG-IMG_images' / 'a' / '1.jpg').write_bytes(b'x')
   (tmp_path / 'OpenBG-IMG_images' / 'a' / 'notes.txt').write_bytes(b'x')
-  kg = kg_lib.load_kg(str(tmp_path))
+  kg = readers.load_kg(str(tmp_path))
   assert names(kg, 'train') == TRAIN and names(kg, 'valid') == VALID
   assert kg.entity_text == {'a': 'entity A', 'b': 'entity B'}
   assert kg.relation_text == {'likes': 'likes it'}
@@ -70,45 +71,45 @@ def test_short_line_names_file_and_line(tmp_path):
   with open(tmp_path / 'train.txt', 'a') as f:
     f.write('a\tlikes\n')
   with pytest.raises(kg_lib.KGFormatError, match=r'train\.txt:5: expected 3 fields'):
-    kg_lib.load_kg(root)
+    readers.load_kg(root)
 
 
 def test_too_many_fields(tmp_path):
   root = triple_folder(tmp_path, test=[('c', 'likes', 'a', 'extra')])
   with pytest.raises(kg_lib.KGFormatError, match=r'test\.txt:1: expected 3 fields'):
-    kg_lib.load_kg(root)
+    readers.load_kg(root)
 
 
 def test_empty_split(tmp_path):
   root = triple_folder(tmp_path)
   (tmp_path / 'valid.txt').write_text('\n\n')
   with pytest.raises(kg_lib.KGFormatError, match=r'valid\.txt: the split is empty'):
-    kg_lib.load_kg(root)
+    readers.load_kg(root)
 
 
 def test_missing_split_file(tmp_path):
   root = triple_folder(tmp_path)
   os.remove(tmp_path / 'test.txt')
   with pytest.raises(kg_lib.KGFormatError, match='no test file found'):
-    kg_lib.load_kg(root)
+    readers.load_kg(root)
 
 
 def test_unseen_entity_error_names_line(tmp_path):
   root = triple_folder(tmp_path, test=TEST + [('zed', 'likes', 'a')])
   with pytest.raises(kg_lib.KGFormatError, match=r"test\.txt:2: 'zed' never occurs"):
-    kg_lib.load_kg(root)
+    readers.load_kg(root)
 
 
 def test_unseen_relation_error(tmp_path):
   root = triple_folder(tmp_path, valid=[('a', 'hates', 'b')])
   with pytest.raises(kg_lib.KGFormatError, match=r"valid\.txt:1: 'relation hates' never occurs"):
-    kg_lib.load_kg(root)
+    readers.load_kg(root)
 
 
 def test_unseen_entity_skip_is_counted_and_logged(tmp_path, caplog):
   root = triple_folder(tmp_path, test=TEST + [('zed', 'likes', 'a'), ('a', 'likes', 'yan')])
   with caplog.at_level(logging.WARNING):
-    kg = kg_lib.load_kg(root, unknown='skip')
+    kg = readers.load_kg(root, unknown='skip')
   assert names(kg, 'test') == TEST
   assert 'skipped 2 of 3 triples' in caplog.text
   assert 'zed' not in kg.entities
@@ -117,7 +118,7 @@ def test_unseen_entity_skip_is_counted_and_logged(tmp_path, caplog):
 def test_unseen_entity_keep_extends_vocabulary(tmp_path, caplog):
   root = triple_folder(tmp_path, test=TEST + [('zed', 'likes', 'a')])
   with caplog.at_level(logging.WARNING):
-    kg = kg_lib.load_kg(root, unknown='keep')
+    kg = readers.load_kg(root, unknown='keep')
   assert names(kg, 'test') == TEST + [('zed', 'likes', 'a')]
   assert kg.entities[-1] == 'zed' and '1 of 2 triples' in caplog.text
 
@@ -125,12 +126,12 @@ def test_unseen_entity_keep_extends_vocabulary(tmp_path, caplog):
 def test_all_skipped_split_is_an_error(tmp_path):
   root = triple_folder(tmp_path, test=[('zed', 'likes', 'a')])
   with pytest.raises(kg_lib.KGFormatError, match='no usable triple'):
-    kg_lib.load_kg(root, unknown='skip')
+    readers.load_kg(root, unknown='skip')
 
 
 def test_bad_policy(tmp_path):
   with pytest.raises(ValueError, match='unknown_entities'):
-    kg_lib.load_kg(triple_folder(tmp_path), unknown='ignore')
+    readers.load_kg(triple_folder(tmp_path), unknown='ignore')
 
 
 def test_image_folder_of_unknown_entity(tmp_path):
@@ -139,7 +140,7 @@ def test_image_folder_of_unknown_entity(tmp_path):
   write(tmp_path / 'OpenBG-IMG_test.tsv', TEST)
   (tmp_path / 'OpenBG-IMG_images' / 'ghost').mkdir(parents=True)
   with pytest.raises(kg_lib.KGFormatError, match="ghost.*entity 'ghost'"):
-    kg_lib.load_kg(str(tmp_path))
+    readers.load_kg(str(tmp_path))
 
 
 def test_bad_text_table_line(tmp_path):
@@ -148,18 +149,18 @@ def test_bad_text_table_line(tmp_path):
   write(tmp_path / 'OpenBG-IMG_test.tsv', TEST)
   (tmp_path / 'OpenBG-IMG_entity2text.tsv').write_text('a\tA\nno tab here\n')
   with pytest.raises(kg_lib.KGFormatError, match=r'entity2text\.tsv:2: expected `key<TAB>text`'):
-    kg_lib.load_kg(str(tmp_path))
+    readers.load_kg(str(tmp_path))
 
 
 def test_missing_openbg_split(tmp_path):
   write(tmp_path / 'OpenBG-IMG_train.tsv', TRAIN)
   write(tmp_path / 'OpenBG-IMG_test.tsv', TEST)
   with pytest.raises(kg_lib.KGFormatError, match='missing OpenBG-IMG_dev.tsv'):
-    kg_lib.load_kg(str(tmp_path))
+    readers.load_kg(str(tmp_path))
 
 
 def test_inverses_and_filter_index(tmp_path):
-  kg = kg_lib.load_kg(triple_folder(tmp_path))
+  kg = readers.load_kg(triple_folder(tmp_path))
   both = kg.with_inverses('train')
   assert len(both) == 2 * len(kg.train)
   h, r, t = kg.train[0]
@@ -181,6 +182,6 @@ def test_inverses_and_filter_index(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason='../shared/datasets not beside the checkout')
 def test_umls_matches_published_statistics():
-  kg = kg_lib.load_kg(os.path.join(SHARED, 'umls'))
+  kg = readers.load_kg(os.path.join(SHARED, 'umls'))
   assert (kg.num_entities, kg.num_relations) == (135, 46)
   assert (len(kg.train), len(kg.valid), len(kg.test)) == (5216, 652, 661)

@@ -3,6 +3,7 @@ import ast
 import importlib
 import os
 import re
+import sys
 
 import pytest
 
@@ -39,6 +40,8 @@ def _imports(path):
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       yield from (a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module in ('imkga_jax', 'data_prep'):
+      yield from (f'{node.module}.{a.name}' for a in node.names)   # the modules it names
     elif isinstance(node, ast.ImportFrom) and node.module:
       yield node.module
       if node.module in ('imkga_jax', 'data_prep'):  # `from imkga_jax import kg`
@@ -48,12 +51,15 @@ def _imports(path):
 # DESIGN §2: what each place may import of the project (module prefixes), and what it must not
 # import at all. A module not listed under its folder's rule falls under the folder's rule.
 PROJECT = ('imkga_jax', 'data_prep', 'configs')
-LEAF = {'imkga_jax.kg', 'imkga_jax.readers', 'imkga_jax.files'}
+LEAF = {'imkga_jax.kg', 'imkga_jax.readers', 'imkga_jax.data_root', 'imkga_jax.files',
+        'imkga_jax.config_check'}
 FORMAT = LEAF | {'imkga_jax.prepared'}
 RULES = {
     'imkga_jax/kg.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/readers.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/files.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
+    'imkga_jax/data_root.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
+    'imkga_jax/config_check.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/prepared.py': (FORMAT, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/rtg.py': (FORMAT, ('flax', 'tensorflow', 'optax')),
     'imkga_jax/input_pipeline.py': (FORMAT, ('flax', 'optax')),
@@ -104,3 +110,9 @@ def test_import_direction_covers_design_section_2():
           assert root not in forbidden, (relative, module)
         checked += 1
   assert checked > 25
+  # The KG, its readers and the file helpers: numpy and the standard library only.
+  for name in ('kg', 'readers', 'data_root', 'files'):
+    modules = list(_imports(os.path.join(ROOT, 'imkga_jax', f'{name}.py')))
+    heavy = [m for m in modules if m.split('.')[0] not in sys.stdlib_module_names | {'numpy'}
+             and m.split('.')[0] not in PROJECT]
+    assert not heavy, (name, heavy)

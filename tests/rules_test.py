@@ -9,6 +9,7 @@ from data_prep import grounding
 from data_prep import rules
 from data_prep import train_graph
 from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 
 
 def make_kg(named_triples):
@@ -246,6 +247,6 @@ def test_synthetic_default_has_the_ships_from_rule(tmp_path):
   config = default.get_config()
   raw = str(tmp_path / 'raw')
   synthetic.generate_from_config(config, raw)
-  kg = kg_lib.load_kg(raw)
+  kg = readers.load_kg(raw)
   named = rules.mine_rules(kg, config).to_json(kg)
   assert [c for c, body in named['ships_from'] if body == ['sold_by', 'located_in']][0] >= 0.9

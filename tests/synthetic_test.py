@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_prep import synthetic
-from imkga_jax import kg as kg_lib
+from imkga_jax import readers
 
 SMALL = dict(num_products=60, num_imageless_products=90, num_brands=10, num_shops=12,
              num_regions=5, num_couriers=2, image_size=96, image_only_fraction=0.2)
@@ -122,7 +122,7 @@ def test_image_only_facts_have_no_structural_evidence(small):
 
 def test_reader_accepts_output_and_every_eval_name_is_in_train(small):
   root, stats = small
-  graph = kg_lib.read_openbg(root)   # raises on any valid/test name unseen in train
+  graph = readers.read_openbg(root)   # raises on any valid/test name unseen in train
   assert len(graph.images) == SMALL['num_products']
   assert set(graph.relations) == set(synthetic.RELATIONS)
   assert (len(graph.train), len(graph.valid), len(graph.test)) == (

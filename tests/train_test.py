@@ -15,8 +15,12 @@ import pytest
 
 from configs import default
 from data_prep import prepare
+from imkga_jax import checkpoints
+from imkga_jax import config_check
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import train
+from tests import files_test
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -134,8 +138,10 @@ def test_resume_accepts_keys_added_later_at_their_default(tmp_path):
   """A saved train_config.json that predates a key: unchanged if the key is at its default."""
   from configs import default
   workdir = str(tmp_path)
+  # The saved config only binds once a checkpoint exists (a stand-in step folder here).
+  os.makedirs(os.path.join(workdir, 'checkpoints', '1'))
   config = default.get_config()
-  train.check_resume_config(config, workdir)  # writes train_config.json
+  checkpoints.check_resume_config(config, workdir)  # writes train_config.json
   path = os.path.join(workdir, 'train_config.json')
   with open(path) as f:
     saved = json.load(f)
@@ -143,17 +149,17 @@ def test_resume_accepts_keys_added_later_at_their_default(tmp_path):
   with open(path, 'w') as f:
     json.dump(saved, f)
   with pytest.raises(ValueError, match='trajectories.image_direct_min_confidence'):
-    train.check_resume_config(config, workdir)  # no defaults given: a difference
+    checkpoints.check_resume_config(config, workdir)  # no defaults given: a difference
   config.trajectories.image_direct_min_confidence = 0.5
   with pytest.raises(ValueError, match='trajectories.image_direct_min_confidence'):
-    train.check_resume_config(config, workdir, default.get_config())  # not the default
+    checkpoints.check_resume_config(config, workdir, default.get_config())  # not the default
   config.trajectories.image_direct_min_confidence = 0.0
-  train.check_resume_config(config, workdir, default.get_config())
+  checkpoints.check_resume_config(config, workdir, default.get_config())
   with open(path) as f:
     assert json.load(f)['trajectories']['image_direct_min_confidence'] == 0.0  # key recorded
   config.model.emb_dim += 1
   with pytest.raises(ValueError, match=r"\['model.emb_dim'\]"):
-    train.check_resume_config(config, workdir, default.get_config())
+    checkpoints.check_resume_config(config, workdir, default.get_config())
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(prepared_workdir, tmp_path):
@@ -171,9 +177,56 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(prepared_workdir, tm
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
 
 
+def test_a_failed_run_does_not_block_its_fix(prepared_workdir, tmp_path):
+  """A run that fails before its first checkpoint leaves nothing that refuses the corrected one."""
+  raw, _ = prepared_workdir
+  workdir = fresh_workdir(prepared_workdir, tmp_path)
+  config = tiny_config(raw)
+  config.model.variant = 'foo'
+  with pytest.raises(config_check.ConfigError, match="model.variant = 'foo': must be one of"):
+    train.train_and_evaluate(config, workdir)
+  config.model.variant = 'rl'
+  config.train.num_steps = 3
+  config.optim.learning_rate = float('nan')          # fails at step 2 (warm-up from 0), no checkpoint
+  with pytest.raises(train.NonFiniteLossError, match='at step 2; .*No checkpoint was written'):
+    train.train_and_evaluate(config, workdir)
+  config.optim.learning_rate = 1e-3
+  assert np.isfinite(train.train_and_evaluate(config, workdir)['loss'])
+  with open(os.path.join(workdir, 'train_config.json')) as f:
+    assert json.load(f)['optim']['learning_rate'] == 1e-3
+
+
+def test_feature_variant_without_features_npz_names_the_file(prepared_workdir, tmp_path):
+  raw, _ = prepared_workdir
+  workdir = fresh_workdir(prepared_workdir, tmp_path)
+  with pytest.raises(FileNotFoundError,
+                     match=r"features\.npz is missing, and model.variant='mkg_rl' reads image and "
+                           r'OCR features: run .*features.enabled=True'):
+    train.train_and_evaluate(tiny_config(raw, variant='mkg_rl'), workdir)
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
+def test_second_training_on_a_workdir_stops_naming_the_holder(prepared_workdir, tmp_path):
+  raw, _ = prepared_workdir
+  workdir = fresh_workdir(prepared_workdir, tmp_path)
+  holder = subprocess.Popen([sys.executable, '-c', files_test.HOLD.format(root=ROOT, workdir=workdir)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'LOCKED'
+    with pytest.raises(files.WorkdirLockedError, match=f'in use by process {holder.pid}'):
+      train.train_and_evaluate(tiny_config(raw), workdir)
+  finally:
+    holder.stdin.close()
+    holder.wait(timeout=60)
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  (tmp_path / 'afile').write_text('x')
+  with pytest.raises(NotADirectoryError, match='is a file, not a folder'):
+    train.train_and_evaluate(tiny_config(raw), str(tmp_path / 'afile'))
+
+
 def final_params(workdir, config):
   kg = kg_lib.KnowledgeGraph.load(os.path.join(workdir, 'prepared'))
-  _, params, step = train.restore_params(config, workdir, kg.space.num_tokens)
+  _, params, step = checkpoints.restore_params(config, workdir, kg)
   return step, jax.tree.leaves(jax.device_get(params))
 
 

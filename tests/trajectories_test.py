@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from configs import default
-from data_prep import grounding
 from data_prep import rules
 from data_prep import train_graph
 from data_prep import trajectories

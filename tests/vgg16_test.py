@@ -19,6 +19,7 @@ from PIL import Image
 import pytest
 
 from data_prep import vgg16
+from data_prep import vgg16_weights
 
 SMALL = dict(widths=(4, 8, 8, 16, 16), dense_width=32, num_classes=10)
 SIZE = 64                                    # block-5 map 2x2: exercises the fc1 flatten order
@@ -75,8 +76,8 @@ def test_small_keras_weights_files_match_keras(tmp_path):
     assert 'conv2d_12' in f['layers'] and 'dense_2' in f['layers']
   with h5py.File(tmp_path / 'legacy.h5', 'w') as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, model)
-  params, pre = vgg16.load_weights(str(tmp_path / 'small.weights.h5'))
-  legacy, legacy_pre = vgg16.load_weights(str(tmp_path / 'legacy.h5'))
+  params, pre = vgg16_weights.load_weights(str(tmp_path / 'small.weights.h5'))
+  legacy, legacy_pre = vgg16_weights.load_weights(str(tmp_path / 'legacy.h5'))
   assert pre == legacy_pre == 'caffe'
   _assert_same(params, legacy)
   got = vgg16.model_for(params, pre).apply({'params': params}, x)['predictions']
@@ -87,7 +88,7 @@ _PARITY_SCRIPT = textwrap.dedent('''
     import json, os, sys
     os.environ['KERAS_BACKEND'] = 'jax'
     import jax, keras, numpy as np
-    from data_prep import vgg16
+    from data_prep import vgg16, vgg16_weights
     keras.utils.set_random_seed(0)
     model = keras.applications.VGG16(weights=None, include_top=True)
     path = os.path.join(sys.argv[1], 'vgg16.weights.h5')
@@ -99,7 +100,7 @@ _PARITY_SCRIPT = textwrap.dedent('''
     outs = probe(keras.applications.vgg16.preprocess_input(x.copy()))
     pool5, fc2, logits = [np.asarray(a) for a in outs]
     del model, probe
-    params, pre = vgg16.load_weights(path)
+    params, pre = vgg16_weights.load_weights(path)
     out = vgg16.model_for(params, pre).apply({'params': params}, x)
     print(json.dumps({'gap': float(np.abs(pool5.mean((1, 2)) - out['gap']).max()),
                       'fc2': float(np.abs(fc2 - out['fc2']).max()),
@@ -200,14 +201,14 @@ def write_torch_zip(state, path, transpose_keys=()):
 
 
 def test_pth_round_trip_and_torch_semantics(tmp_path, small_params):
-  state = vgg16.params_to_torchvision(small_params)
+  state = vgg16_weights.params_to_torchvision(small_params)
   path = str(tmp_path / 'vgg16.pth')
   write_torch_zip(state, path, transpose_keys=('classifier.3.weight',))
-  read = vgg16.read_torch_zip(path)
+  read = vgg16_weights.read_torch_zip(path)
   assert list(read) == list(state)
   for k in state:
     np.testing.assert_array_equal(read[k], state[k])
-  params, pre = vgg16.load_weights(path)
+  params, pre = vgg16_weights.load_weights(path)
   assert pre == 'torch'
   _assert_same(params, small_params)
   # torch's classifier reads the block-5 map flattened as (C, H, W) with weight [out, in]:
@@ -221,33 +222,33 @@ def test_pth_reader_refuses_other_globals(tmp_path):
   with zipfile.ZipFile(path, 'w') as z:
     z.writestr('archive/data.pkl', pickle.dumps(collections.OrderedDict(x=os.getcwd), protocol=2))
   with pytest.raises(pickle.UnpicklingError, match='refusing posix.getcwd|refusing os.getcwd'):
-    vgg16.read_torch_zip(path)
+    vgg16_weights.read_torch_zip(path)
   (tmp_path / 'old.pth').write_bytes(b'\x80\x02not a zip')
   with pytest.raises(ValueError, match='not a zip'):
-    vgg16.read_torch_zip(str(tmp_path / 'old.pth'))
+    vgg16_weights.read_torch_zip(str(tmp_path / 'old.pth'))
 
 
 def test_safetensors_round_trips(tmp_path, small_params):
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   ours = str(tmp_path / 'ours.safetensors')
-  vgg16.save_safetensors(small_params, ours, preprocess='torch')
-  params, pre = vgg16.load_weights(ours)
+  vgg16_weights.save_safetensors(small_params, ours, preprocess='torch')
+  params, pre = vgg16_weights.load_weights(ours)
   assert pre == 'torch'
   _assert_same(params, small_params)
   tv = str(tmp_path / 'tv.safetensors')
-  safetensors.numpy.save_file(vgg16.params_to_torchvision(small_params), tv)
-  params, pre = vgg16.load_weights(tv)
+  safetensors.numpy.save_file(vgg16_weights.params_to_torchvision(small_params), tv)
+  params, pre = vgg16_weights.load_weights(tv)
   assert pre == 'torch'
   _assert_same(params, small_params)
 
 
 def test_bad_weights_files_name_the_problem(tmp_path, small_params):
   with pytest.raises(FileNotFoundError, match='features.vgg_weights'):
-    vgg16.load_weights(str(tmp_path / 'missing.h5'))
-  state = vgg16.params_to_torchvision(small_params)
+    vgg16_weights.load_weights(str(tmp_path / 'missing.h5'))
+  state = vgg16_weights.params_to_torchvision(small_params)
   del state['features.28.weight'], state['features.28.bias']          # 12 convs: not VGG16
   with pytest.raises(ValueError, match='expected 13 conv layers'):
-    vgg16.torchvision_to_params(state)
+    vgg16_weights.torchvision_to_params(state)
 
 
 def test_random_init_is_seeded_and_warned(monkeypatch, caplog):
@@ -257,7 +258,7 @@ def test_random_init_is_seeded_and_warned(monkeypatch, caplog):
   assert not np.array_equal(a['fc1']['kernel'], c['fc1']['kernel'])
   monkeypatch.setattr(vgg16, 'init_params', lambda seed: a)
   with caplog.at_level(logging.WARNING):
-    params, pre = vgg16.load_or_init('', seed=3)
+    params, pre = vgg16_weights.load_or_init('', seed=3)
   assert params is a and pre == 'caffe'
   assert 'NOT ImageNet features' in caplog.text
 

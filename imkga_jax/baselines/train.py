@@ -44,9 +44,11 @@ import numpy as np
 import optax
 import tqdm
 
+from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import priors as priors_lib
 from imkga_jax import ranking
+from imkga_jax import readers
 from imkga_jax.baselines import models
 
 METRICS_FILE = 'metrics.json'
@@ -71,7 +73,7 @@ def load_graph(config: ml_collections.ConfigDict, workdir: str) -> kg_lib.Knowle
     return kg_lib.KnowledgeGraph.load(prepared)
   if config.data.root and not config.data.synthetic:
     logging.info('%s has no prepared KG; reading the raw KG at %s', prepared, config.data.root)
-    return kg_lib.load_kg(config.data.root, config.data.layout, config.data.unknown_entities)
+    return readers.load_kg_from_config(config.data)
   raise FileNotFoundError(f'{prepared}/{kg_lib.VOCAB_FILE} is missing and config.data.root is not a '
                           'raw KG: run `launch.py --mode=prepare` with this workdir first, or pass '
                           '--config.data.root=PATH/TO/TRIPLES')
@@ -275,9 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         max_queries=b.max_queries, priors=priors))
   by_relation = metrics['test'].pop('by_relation')
   metrics['valid'].pop('by_relation')
-  kg_lib.write_json(os.path.join(workdir, METRICS_FILE), metrics)
-  kg_lib.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
-  kg_lib.write_json(os.path.join(workdir, HISTORY_FILE), history)
+  files.write_json(os.path.join(workdir, METRICS_FILE), metrics)
+  files.write_json(os.path.join(workdir, BY_RELATION_FILE), {'test': by_relation})
+  files.write_json(os.path.join(workdir, HISTORY_FILE), history)
   logging.info('%s test (both): %s; trained %.1f s', b.model, metrics['test']['both'], train_seconds)
   return dict(metrics, by_relation=by_relation, train_seconds=train_seconds)
 
