@@ -245,6 +245,14 @@ def _defaults() -> ml_collections.ConfigDict:
   config.train.max_to_keep = 3
   # Shuffle buffer of the tf.data pipeline.
   config.train.shuffle_buffer = 50_000
+  # Optimisation steps per jitted call (a lax.scan over that many batches): XLA allocates the step's
+  # buffers once per call, and the host dispatches and syncs less. 1 = one call per step.
+  config.train.steps_per_call = 10
+  # Model selection on the valid split: every this many steps the valid MRR of the direct answers
+  # is measured and the best parameters kept for evaluation (0 = off: the last checkpoint).
+  config.train.eval_every = 0
+  # ... and training stops after this many measurements without a better one (0 = never).
+  config.train.patience = 0
 
   # ---------------------------------------------------------------- mesh and sharding
   config.mesh = ml_collections.ConfigDict()
@@ -295,6 +303,14 @@ def _defaults() -> ml_collections.ConfigDict:
   # At the last entity step only <eos> can follow: finish every ending there (exact, no model call),
   # not only the beam's.
   config.decode.complete_last = True
+  # Likewise after a step-0 entity: score every direct answer `t <eos>` exactly at step 0, outside
+  # the beam (whose slots then all start paths); False lets them compete for the beam's slots.
+  config.decode.complete_direct = True
+  # How the direct answers and the paths make an entity's score (imkga_jax/decode.py `combine`):
+  # 'model' (the aggregation over every path, the direct form included), a weight in [0, 1] of
+  # the direct answers against the paths, each normalised (1 = the step-0 classifier alone), or
+  # 'valid': the weight with the best MRR on the valid split (imkga_jax/evaluator.py).
+  config.decode.direct_weight = 'valid'
   # Answers (with paths) kept per query in explanations.jsonl.
   config.decode.num_explanations = 10
   # Evaluate at most this many queries per split (-1 = all).

@@ -164,6 +164,42 @@ def manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManag
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+BEST_DIR = 'checkpoints_best'
+
+
+def best_manager(workdir: str) -> ocp.CheckpointManager:
+  """The manager of `WORKDIR/checkpoints_best/`: the parameters training selected on the valid split
+  (one step: items params, meta with the valid MRR)."""
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, BEST_DIR)),
+      item_handlers={'params': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+
+def save_best(workdir: str, step: int, params: Any, kg: kg_lib.KnowledgeGraph,
+              valid_mrr: float) -> None:
+  """Keeps `params` of `step` as the selected ones (replacing the previous selection)."""
+  mngr = best_manager(workdir)
+  meta = {'format': FORMAT, 'step': int(step), 'valid_mrr': float(valid_mrr),
+          'vocabulary_hash': vocabulary_hash(kg), **vocabulary(kg)}
+  mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+  mngr.wait_until_finished()
+
+
+def best_step(workdir: str) -> int | None:
+  """The step of the parameters selected on valid (None when training selected none)."""
+  folder = os.path.join(workdir, BEST_DIR)
+  steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if os.path.isdir(folder) else []
+  return max(steps) if steps else None
+
+
+def selected_step(workdir: str, config: ml_collections.ConfigDict | None = None) -> int | None:
+  """The step evaluation restores: the one selected on valid, else the newest."""
+  best = best_step(workdir)
+  return best if best is not None else latest_step(workdir, config)
+
+
 def latest_step(workdir: str, config: ml_collections.ConfigDict | None = None) -> int | None:
   """The newest checkpoint step of `workdir` (None without one); validates `config` when given."""
   if config is not None:
@@ -244,7 +280,7 @@ def _is_legacy(workdir: str, step: int) -> bool:
 def _read_step(mngr: ocp.CheckpointManager, workdir: str, step: int, kg: kg_lib.KnowledgeGraph,
                params_target: Any, opt_target: Any | None) -> tuple[Any, Any]:
   """`(params, opt_state or None)` of one step (new layout), vocabulary and shapes checked first."""
-  where = _step_dir(workdir, step)
+  where = os.path.join(str(mngr.directory), str(step))
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   if not isinstance(meta, dict):
     raise ValueError(f'{where}/meta: expected a JSON object, got {type(meta).__name__}')
@@ -328,7 +364,8 @@ def restore_state(workdir: str, mngr: ocp.CheckpointManager, kg: kg_lib.Knowledg
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, kg: kg_lib.KnowledgeGraph,
                    step: int | None = None) -> tuple[nn.Module, Any, int]:
-  """Loads `(model, params, step)` of the newest readable (or the given) checkpoint, for evaluation.
+  """Loads `(model, params, step)` for evaluation: of the given step, else of the parameters training
+  selected on the valid split (`save_best`), else of the newest readable checkpoint.
 
   Builds only the model (no optimiser): the abstract parameters come from `jax.eval_shape`.
 
@@ -342,6 +379,10 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, kg: kg_lib.K
   mesh = sharding.make_mesh(config.mesh)
   _, abstract, param_sharding = param_layout(config, model, mesh)
   target = restore_target(abstract, param_sharding)
+  best = best_step(workdir)
+  if step is None and best is not None:
+    params, _ = _read_step(best_manager(workdir), workdir, best, kg, target, None)
+    return model, params, int(best)
   steps = [step] if step is not None else (
       [int(d) for d in os.listdir(directory(workdir)) if d.isdigit()]
       if os.path.isdir(directory(workdir)) else [])

@@ -209,6 +209,9 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('train.checkpoint_every', integer(1)),
     ('train.max_to_keep', integer(1)),
     ('train.shuffle_buffer', integer(1)),
+    ('train.steps_per_call', integer(1)),
+    ('train.eval_every', integer(0)),
+    ('train.patience', integer(0)),
     ('mesh.shape', mesh_shape()),
     ('mesh.num_processes', integer(1)),
     ('mesh.process_id', integer(-1)),
@@ -220,6 +223,8 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('decode.aggregation', one_of(AGGREGATIONS)),
     ('decode.length_norm', boolean()),
     ('decode.complete_last', boolean()),
+    ('decode.complete_direct', boolean()),
+    ('decode.direct_weight', ("'valid', 'model' or a number in [0, 1]", lambda v: _weight_ok(v))),
     ('decode.finish_width', integer(0)),
     ('decode.num_explanations', integer(0)),
     ('decode.max_queries', ('-1 (all) or an integer >= 1', lambda v: _is_int(v) and (v == -1 or v >= 1))),
@@ -227,6 +232,15 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('ranking.priors', ('a tuple of NAME=THRESHOLD, NAME in ' + str(PRIORS) + ', 0 < THRESHOLD <= 1',
                         lambda v: _priors_ok(v))),
 )
+
+
+def _weight_ok(value: Any) -> bool:
+  if value in ('valid', 'model'):
+    return True
+  try:
+    return 0.0 <= float(value) <= 1.0
+  except (TypeError, ValueError):
+    return False
 
 
 def _priors_ok(value: Any) -> bool:

@@ -74,6 +74,7 @@ class BeamState:
   rtg: jax.Array         # [b, K] f32 R̂ fed with the next state token
   hops: jax.Array        # [b, K] int32 relation tokens so far
   cache: Any             # the model's cache of the live rows (None before step 0)
+  direct: jax.Array      # [b, E] f32 log-prob of the direct answer `e <eos>` (complete_direct)
   score: jax.Array       # [b, E] f32 aggregate score of the finished paths per entity, -inf: none
   best: jax.Array        # [b, E] f32 best score of a path of >= 1 hop per entity
   path: jax.Array        # [b, E, L] int32 that path (r1 e1 … e <eos> <pad>…)
@@ -81,11 +82,18 @@ class BeamState:
 
 @flax.struct.dataclass
 class DecodeResult:
-  """Per query and entity: the aggregate score of every finished path reaching it (the direct form
-  `e <eos>` included), and its explanation: the best path of at least one hop and its score."""
-  score: jax.Array  # [b, E] f32, -inf where no finished path ends
-  best: jax.Array   # [b, E] f32, -inf where no path of >= 1 hop ends
-  path: jax.Array   # [b, E, L] int32 (r1 e1 … e <eos>), all <pad> where none ends
+  """Per query and entity: the ranking score, its two parts, and the explanation.
+
+  `direct` is the log-probability of the direct answer `e <eos>` (with `complete_direct`; -inf
+  otherwise or where the direct form is not offered), `paths` the aggregate of the other finished
+  paths (the direct beams too without `complete_direct`), `score` their combination
+  (`combine`). The explanation is the best path of at least one hop (`best`, `path`).
+  """
+  score: jax.Array   # [b, E] f32, -inf where nothing reaches the entity
+  direct: jax.Array  # [b, E] f32
+  paths: jax.Array   # [b, E] f32
+  best: jax.Array    # [b, E] f32, -inf where no path of >= 1 hop ends
+  path: jax.Array    # [b, E, L] int32 (r1 e1 … e <eos>), all <pad> where none ends
 
 
 # ============================================================================ folding paths in
@@ -150,8 +158,10 @@ def _fold_dense(state: BeamState, score: jax.Array, step: int, space: kg_lib.Tok
 def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: kg_lib.TokenSpace,
                 beam_size: int, max_len: int, rtg_constants: rtg_lib.RtgConstants,
                 constraint: grammar.GraphConstraint | None = None, finish_width: int = 0,
-                complete_last: bool = False, aggregation: str = 'max', length_norm: bool = True,
-                direct_ok: jax.Array | None = None) -> DecodeResult:
+                complete_last: bool = False, complete_direct: bool = False,
+                aggregation: str = 'max', length_norm: bool = True,
+                direct_ok: jax.Array | None = None, direct_weight: float | None = None
+                ) -> DecodeResult:
   """Beam search over paths; pure, call it inside `jax.jit`.
 
   Args:
@@ -165,12 +175,16 @@ def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: 
     finish_width: W > K finishes the best W endings of each inner entity step (one model call on
       `batch * W` rows each); <= K: the beam's own K.
     complete_last: finish every ending of the last entity step (exact, no model call), not only K.
+    complete_direct: finish every direct answer `e <eos>` at step 0 (exact: only <eos> follows a
+      step-0 entity), outside the beam, whose K slots then all start paths; without it the direct
+      answers compete with the relations for the K slots.
     aggregation: 'max' or 'sum' over an entity's finished paths (module docstring).
     length_norm: divide a path's log-probability by its hops.
     direct_ok: `[batch]` bool, which queries may answer in the direct form `t <eos>` (None: all).
+    direct_weight: how the direct answers and the paths combine into the score (`combine`).
 
   Returns:
-    `DecodeResult` with the per-entity scores, best path scores and paths.
+    `DecodeResult` with the per-entity scores, their parts, best path scores and paths.
 
   Example:
     >>> space = kg_lib.TokenSpace(num_relations=1, num_entities=3)
@@ -224,6 +238,7 @@ def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: 
       logprob=jnp.broadcast_to(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (b, k)),
       seqs=jnp.full((b, k, l), kg_lib.PAD, jnp.int32),
       rtg=jnp.full((b, k), c.r_good, jnp.float32), hops=jnp.zeros((b, k), jnp.int32), cache=None,
+      direct=jnp.full((b, e), -jnp.inf, jnp.float32),
       score=jnp.full((b, e), -jnp.inf, jnp.float32), best=jnp.full((b, e), -jnp.inf, jnp.float32),
       path=jnp.full((b, e, l), kg_lib.PAD, jnp.int32))
   finished_wide = False  # whether the previous step finished its endings W wide
@@ -239,6 +254,9 @@ def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: 
       answer = jnp.where(space.is_entity(last), space.token_to_entity(last), -1)
       state = finish(state, answer, candidates[..., 0], state.hops, state.seqs, n)
     entity_candidates = candidates[..., space.entity_offset - lo:]  # [b, K, E] if entities here
+    if n == 0 and complete_direct:  # every direct answer, exactly; the beam keeps the relations
+      state = state.replace(direct=entity_candidates[:, 0])  # [b, E]; only beam 0 is live
+      candidates = candidates.at[..., space.entity_offset - lo:].set(-jnp.inf)
     if n == l - 2:  # the last entity: only <eos> can follow, with probability 1
       if complete_last:
         state = _fold_dense(state, path_scores(entity_candidates, state.hops[..., None],
@@ -263,7 +281,38 @@ def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: 
     seqs, rtg, hops = extend(state, parent, token, n)
     state = state.replace(logprob=logprob, seqs=seqs, rtg=rtg, hops=hops,
                           cache=model.gather(cache, parent))
-  return DecodeResult(score=state.score, best=state.best, path=state.path)
+  return DecodeResult(score=combine(state.direct, state.score, aggregation, direct_weight),
+                      direct=state.direct, paths=state.score, best=state.best, path=state.path)
+
+
+def combine(direct: jax.Array, paths: jax.Array, aggregation: str,
+            direct_weight: float | None = None):
+  """`[b, E]` ranking scores from the direct answers' log-probs and the paths' aggregate.
+
+  `direct_weight` None: the model's own weighting, the aggregation over every path the direct form
+  included ('sum': log(P_direct + Σ P_path); 'max': the better of the two). A weight w in [0, 1]:
+  the mixture `log(w · P_direct / Z_direct + (1 - w) · P_paths / Z_paths)` of the two parts, each
+  normalised over the entities (w = 1: the step-0 classifier alone; w = 0: the paths alone).
+  Works on numpy and jax arrays.
+  """
+  xp = jnp if isinstance(direct, jax.Array) else np
+  if direct_weight is None:
+    return xp.logaddexp(direct, paths) if aggregation == 'sum' else xp.maximum(direct, paths)
+  parts = []
+  for weight, part in ((direct_weight, direct), (1.0 - direct_weight, paths)):
+    finite = xp.isfinite(part)
+    norm = _logsumexp(xp, xp.where(finite, part, -xp.inf))  # [b, 1]
+    ok = finite & xp.isfinite(norm) & (weight > 0)
+    parts.append(xp.where(ok, part - norm + xp.log(xp.maximum(weight, 1e-30)), -xp.inf))
+  return xp.logaddexp(*parts)
+
+
+def _logsumexp(xp, x):
+  """`[b, E]` -> `[b, 1]` log Σ exp over the entities (-inf for a row of -inf)."""
+  top = xp.max(x, axis=-1, keepdims=True)
+  safe = xp.where(xp.isfinite(top), top, 0.0)
+  return xp.where(xp.isfinite(top), safe + xp.log(xp.sum(xp.exp(x - safe), -1, keepdims=True)),
+                  -xp.inf)
 
 
 def check_aggregation(aggregation: str) -> None:
@@ -280,8 +329,10 @@ def make_decode_fn(step_model: Callable[[Any, dict[str, jax.Array]], step_models
                    space: kg_lib.TokenSpace, *, beam_size: int, max_len: int,
                    rtg_constants: rtg_lib.RtgConstants,
                    constraint: grammar.GraphConstraint | None = None,
-                   finish_width: int = 0, complete_last: bool = False, aggregation: str = 'max',
+                   finish_width: int = 0, complete_last: bool = False,
+                   complete_direct: bool = False, aggregation: str = 'max',
                    length_norm: bool = True, direct: np.ndarray | None = None,
+                   direct_weight: float | None = None,
                    batch_sharding: NamedSharding | None = None) -> DecodeFn:
   """`beam_search` of a batch of queries as one jitted function.
 
@@ -289,7 +340,7 @@ def make_decode_fn(step_model: Callable[[Any, dict[str, jax.Array]], step_models
     step_model: `(params, context) -> StepModel`, with `context` the per-query model inputs `[b]`
       (head_token, relation_token and the head's features, `prepared.head_features`).
     space, beam_size, max_len, rtg_constants, constraint, finish_width, complete_last,
-      aggregation, length_norm: as `beam_search`.
+      complete_direct, aggregation, length_norm, direct_weight: as `beam_search`.
     direct: `[2R, E]` bool, whether query (head e, relation r) may answer in the direct form
       (`prepared.direct_table`); None: every query.
     batch_sharding: sharding of the query batch: decoding is then data parallel over the mesh,
@@ -303,15 +354,41 @@ def make_decode_fn(step_model: Callable[[Any, dict[str, jax.Array]], step_models
 
   def fn(params, table, queries):
     heads, relations = queries[:, 0], queries[:, 1]
-    context = {'head_token': space.entity_token(heads),
-               'relation_token': space.relation_token(relations),
-               **prepared.head_features(table, heads)}
-    return beam_search(step_model(params, context), heads, space=space, beam_size=beam_size,
+    return beam_search(step_model(params, query_context(space, table, queries)), heads,
+                       space=space, beam_size=beam_size,
                        max_len=max_len, rtg_constants=rtg_constants, constraint=constraint,
                        finish_width=finish_width, complete_last=complete_last,
-                       aggregation=aggregation, length_norm=length_norm,
+                       complete_direct=complete_direct, aggregation=aggregation,
+                       length_norm=length_norm, direct_weight=direct_weight,
                        direct_ok=None if direct_table is None else direct_table[relations, heads])
 
+  return _jit(fn, batch_sharding)
+
+
+def query_context(space: kg_lib.TokenSpace, table: Any, queries: jax.Array) -> dict[str, jax.Array]:
+  """The per-query model inputs of `[b, 3]` queries: head and relation tokens, the head's features."""
+  heads, relations = queries[:, 0], queries[:, 1]
+  return {'head_token': space.entity_token(heads), 'relation_token': space.relation_token(relations),
+          **prepared.head_features(table, heads)}
+
+
+def make_direct_fn(step_model: Callable[[Any, dict[str, jax.Array]], step_models.StepModel],
+                   space: kg_lib.TokenSpace, rtg_constants: rtg_lib.RtgConstants,
+                   batch_sharding: NamedSharding | None = None) -> Callable[..., jax.Array]:
+  """`fn(params, feature table, queries [b, 3]) -> [b, E]`: the log-probability of each direct answer
+  `e <eos>` (the step-0 classifier; one model step, no beam), jitted. Training selects its
+  checkpoint by these on the valid split: it is cheap, and the direct answers carry the ranking."""
+  def fn(params, table, queries):
+    tokens = grammar.token_range(0, 3, space)
+    rtg = jnp.full((queries.shape[0], 1), rtg_constants.r_good, jnp.float32)
+    logits, _ = step_model(params, query_context(space, table, queries)).step(None, None, rtg, 0,
+                                                                             tokens)
+    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)  # [b, hi - lo]
+    return logp[:, space.entity_offset - tokens[0]:]  # [b, E]
+  return _jit(fn, batch_sharding)
+
+
+def _jit(fn, batch_sharding):
   if batch_sharding is None:
     return jax.jit(fn)
   replicated = NamedSharding(batch_sharding.mesh, P())

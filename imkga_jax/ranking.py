@@ -31,9 +31,11 @@ from imkga_jax import priors as priors_lib
 METRIC_KEYS = ('mrr', 'hits@1', 'hits@3', 'hits@10', 'reached')
 DIRECTIONS = ('tail', 'head')
 # `(queries [b, 3]) -> scores [b, E]`, or `(scores, anything)`: the anything goes to `on_batch`.
+# `scores` may also be `{variant: [b, E]}`: several scorings of the same queries ranked side by side.
 ScoreFn = Callable[[np.ndarray], Any]
-# `(direction, queries [n, 3], scores [n, E] after the priors, ranks [n], extra)`.
-OnBatch = Callable[[str, np.ndarray, np.ndarray, np.ndarray, Any], None]
+# `(direction, queries [n, 3], scores [n, E] after the priors, ranks [n], extra)`; with variants,
+# scores and ranks are `{variant: ...}`.
+OnBatch = Callable[[str, np.ndarray, Any, Any, Any], None]
 
 
 def filtered_ranks(scores: np.ndarray, targets: np.ndarray, indptr: np.ndarray,
@@ -103,12 +105,15 @@ def rank_split(score_fn: ScoreFn, kg: kg_lib.KnowledgeGraph, split: str, *, batc
     desc: progress-bar label.
 
   Returns:
-    `{'tail'|'head': {'ranks' [n] float, 'reached' [n] bool, 'relations' [n] int}}`.
+    `{'tail'|'head': {'ranks' [n] float, 'reached' [n] bool, 'relations' [n] int}}`, or
+    `{variant: that}` when `score_fn` returns a dict of scorings.
   """
-  out = {}
+  out: dict[Any, dict[str, dict[str, np.ndarray]]] = {}
+  single = None
   for direction, queries in direction_queries(kg, split, max_queries).items():
     indptr, known = kg.filter_csr(queries[:, :2])
-    ranks, reached = np.zeros(len(queries)), np.zeros(len(queries), bool)
+    ranks: dict[Any, np.ndarray] = {}
+    reached: dict[Any, np.ndarray] = {}
     with tqdm(total=len(queries), desc=f'{desc or split}/{direction}', unit='queries',
               leave=False) as bar:
       for start in range(0, len(queries), batch_size):
@@ -117,18 +122,32 @@ def rank_split(score_fn: ScoreFn, kg: kg_lib.KnowledgeGraph, split: str, *, batc
         padded = np.concatenate([batch, np.repeat(batch[:1], batch_size - n, axis=0)])
         got = score_fn(padded)
         scores, extra = got if isinstance(got, tuple) else (got, None)
-        scores = np.asarray(scores)[:n]
-        if priors is not None:
-          scores = priors.apply(scores, batch[:, 1])
+        single = not isinstance(scores, dict)
+        variants = {None: scores} if single else scores
         lo, hi = indptr[start], indptr[start + n]
-        ranks[start:start + n] = filtered_ranks(scores, batch[:, 2],
-                                                indptr[start:start + n + 1] - lo, known[lo:hi])
-        reached[start:start + n] = np.isfinite(scores[np.arange(n), batch[:, 2]])
+        batch_scores, batch_ranks = {}, {}
+        for key, value in variants.items():
+          value = np.asarray(value)[:n]
+          if priors is not None:
+            value = priors.apply(value, batch[:, 1])
+          rank = filtered_ranks(value, batch[:, 2], indptr[start:start + n + 1] - lo, known[lo:hi])
+          ranks.setdefault(key, np.zeros(len(queries)))[start:start + n] = rank
+          reached.setdefault(key, np.zeros(len(queries), bool))[start:start + n] = np.isfinite(
+              value[np.arange(n), batch[:, 2]])
+          batch_scores[key], batch_ranks[key] = value, rank
         if on_batch is not None:
-          on_batch(direction, batch, scores, ranks[start:start + n], extra)
+          if single:
+            on_batch(direction, batch, batch_scores[None], batch_ranks[None], extra)
+          else:
+            on_batch(direction, batch, batch_scores, batch_ranks, extra)
         bar.update(n)
-    out[direction] = {'ranks': ranks, 'reached': reached, 'relations': queries[:, 1]}
-  return out
+    for key in ranks:
+      out.setdefault(key, {})[direction] = {'ranks': ranks[key], 'reached': reached[key],
+                                            'relations': queries[:, 1]}
+  if single is None:  # not a single query
+    empty = {'ranks': np.zeros(0), 'reached': np.zeros(0, bool), 'relations': np.zeros(0, np.int32)}
+    return {d: dict(empty) for d in DIRECTIONS}
+  return out[None] if single else out
 
 
 def summarize(kg: kg_lib.KnowledgeGraph, ranked: Mapping[str, Mapping[str, np.ndarray]]

@@ -101,9 +101,12 @@ def batch_shards(sharding: NamedSharding) -> int:
   return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
-def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Builds global arrays from each process's slice of the batch (its rows, in process order)."""
+def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding, batch_axis: int = 0
+                 ) -> dict[str, jax.Array]:
+  """Builds global arrays from each process's slice of the batch (its rows, in process order) along
+  `batch_axis` (1 for batches of several steps stacked on a leading axis)."""
   def make(x):
-    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-    return jax.make_array_from_process_local_data(sharding, x, global_shape)
+    global_shape = list(x.shape)
+    global_shape[batch_axis] *= jax.process_count()
+    return jax.make_array_from_process_local_data(sharding, x, tuple(global_shape))
   return {k: make(v) for k, v in local_batch.items()}

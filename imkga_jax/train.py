@@ -10,33 +10,36 @@ uninterrupted run of the same seed: the batch order and every random number are 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
-import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 from clu import metric_writers
 from tqdm import tqdm
 
 from imkga_jax import checkpoints
 from imkga_jax import config_check
+from imkga_jax import evaluator
 from imkga_jax import files
 from imkga_jax import input_pipeline
 from imkga_jax import kg as kg_lib
 from imkga_jax import losses
 from imkga_jax import masks
 from imkga_jax import sharding
-from imkga_jax.models import imkga
 from imkga_jax import prepared
+from imkga_jax.models import imkga
 from imkga_jax.optim import PerIndex
 from imkga_jax.optim import modality_modulation
 
@@ -168,6 +171,66 @@ def follow_params(opt_state: Any, params: Any, param_sharding: Any, default: Any
 
 
 # ============================================================================ loop
+def run_steps(one_step: Callable, state: TrainState, batches: Mapping[str, jax.Array],
+              table: Mapping[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+  """`one_step` over the leading axis of `batches` (`lax.scan`): k optimisation steps in one call,
+  whose buffers XLA allocates once. Every step draws the randomness of its own step number, so the
+  result equals k single calls. Returns the state and each step's metrics `[k]`."""
+  return jax.lax.scan(lambda s, batch: one_step(s, batch, table, rng), state, batches)
+
+
+def stacked_batches(batches: Iterator[dict[str, np.ndarray]], start: int, t: Any,
+                    batch_sharding: NamedSharding, stacked: NamedSharding
+                    ) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+  """`(k, global batch)` for the calls from step `start` to `t.num_steps`: k = `t.steps_per_call`
+  steps stacked on a leading axis, fewer where a log, save or evaluation step comes first."""
+  events = [e for e in (t.log_every, t.checkpoint_every, t.eval_every) if e]
+  step = start
+  while step < t.num_steps:
+    k = min([t.steps_per_call, t.num_steps - step] + [e - step % e for e in events])
+    if k == 1:
+      yield 1, sharding.global_batch(next(batches), batch_sharding)
+    else:
+      group = [next(batches) for _ in range(k)]
+      local = {key: np.stack([b[key] for b in group]) for key in group[0]}  # [k, B, ...]
+      yield k, sharding.global_batch(local, stacked, batch_axis=1)
+    step += k
+
+
+def prefetch(items: Iterator[Any], size: int = 2) -> Iterator[Any]:
+  """Keeps `size` items ahead: their host-to-device copies overlap the running step."""
+  queue = collections.deque()
+  for item in items:
+    queue.append(item)
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def check_finite(pending: list[tuple[int, int, dict]], workdir: str, manager: Any
+                 ) -> dict[str, float]:
+  """Reads the metrics of the calls since the last check (one host sync per log/save/eval step,
+  not per step); a NaN or infinite loss stops the run naming the step range it appeared in.
+
+  Returns:
+    The metrics of the last step, as floats.
+  """
+  values = jax.device_get([m for _, _, m in pending])
+  for (first, k, _), m in zip(pending, values):
+    losses = np.atleast_1d(np.asarray(m['loss']))
+    if not np.all(np.isfinite(losses)):
+      bad = first + 1 + int(np.flatnonzero(~np.isfinite(losses))[0])
+      manager.wait_until_finished()
+      good = manager.latest_step()
+      raise NonFiniteLossError(
+          f'loss is {float(losses[bad - first - 1])} at step {bad}; stopped without saving (steps '
+          f'{first + 1}..{first + k} were checked together). ' + (
+              f'The last good checkpoint is step {good} in {checkpoints.directory(workdir)}'
+              if good is not None else f'No checkpoint was written in {workdir} yet.'))
+  return {key: float(np.atleast_1d(np.asarray(v))[-1]) for key, v in values[-1].items()}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
                        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
@@ -233,51 +296,72 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
   else:
     start_step = 0
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, config=config,
-                        entity_offset=kg.space.entity_offset),
-      in_shardings=(state_sharding, batch_sharding, replicated, replicated),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,))
+  one_step = functools.partial(train_step, model=model, tx=tx, config=config,
+                               entity_offset=kg.space.entity_offset)
+  stacked = NamedSharding(mesh, P(None, *batch_sharding.spec))  # [k, batch, ...]
+  step_fns = {}
+
+  def step_fn(k):
+    """The jitted run of k steps (one `train_step` when k = 1, a `lax.scan` of them otherwise)."""
+    if k not in step_fns:
+      if k == 1:
+        step_fns[k] = jax.jit(one_step, in_shardings=(state_sharding, batch_sharding, replicated,
+                                                      replicated),
+                              out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+      else:
+        step_fns[k] = jax.jit(functools.partial(run_steps, one_step),
+                              in_shardings=(state_sharding, stacked, replicated, replicated),
+                              out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    return step_fns[k]
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config_check.flatten(config).items()
                           if isinstance(v, (int, float, str, bool))})
   schedule = learning_rate_schedule(config)
+  t = config.train
   batches = input_pipeline.create_train_iterator(prepared_dir, config, skip_batches=start_step)
+  selector = (evaluator.ValidSelector(config, workdir, kg, model, table) if t.eval_every
+              else None)
   rng = jax.random.key(config.seed)
-  num_steps = config.train.num_steps
-  last = {}
+  last, pending = {}, []
   timer_start, timer_steps = time.time(), 0
-  bar = tqdm(total=num_steps, initial=start_step, desc='train', unit='step',
+  bar = tqdm(total=t.num_steps, initial=start_step, desc='train', unit='step',
              disable=jax.process_index() > 0)
-  for step in range(start_step, num_steps):
-    batch = sharding.global_batch(next(batches), batch_sharding)
-    state, metrics = step_fn(state, batch, table, rng)
-    loss = float(metrics['loss'])
-    if not math.isfinite(loss):
-      manager.wait_until_finished()
-      good = manager.latest_step()
-      raise NonFiniteLossError(
-          f'loss is {loss} at step {step + 1}; stopped without saving. ' + (
-              f'The last good checkpoint is step {good} in {checkpoints.directory(workdir)}'
-              if good is not None else f'No checkpoint was written in {workdir} yet.'))
-    bar.update(1)
-    timer_steps += 1
-    done = step + 1
-    if done % config.train.log_every == 0 or done == num_steps:
+  step = start_step
+  for k, batch in prefetch(stacked_batches(batches, step, t, batch_sharding, stacked)):
+    state, metrics = step_fn(k)(state, batch, table, rng)  # no host sync here
+    pending.append((step, k, metrics))
+    step += k
+    bar.update(k)
+    timer_steps += k
+    events = [e for e, every in (('log', t.log_every), ('save', t.checkpoint_every),
+                                 ('eval', t.eval_every)) if every and step % every == 0]
+    if events or step == t.num_steps:
+      last = check_finite(pending, workdir, manager)  # the metrics of the last step
+      pending = []
+    if 'log' in events or step == t.num_steps:
       elapsed = time.time() - timer_start
-      last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      last['learning_rate'] = float(schedule(step))
+      last['learning_rate'] = float(schedule(step - 1))
       last['trajectories_per_second'] = timer_steps * global_batch / max(elapsed, 1e-9)
-      writer.write_scalars(done, last)
+      writer.write_scalars(step, last)
       if on_metrics is not None:
-        on_metrics(done, last)
-      bar.set_postfix(loss=f'{loss:.4f}')
+        on_metrics(step, last)
+      bar.set_postfix(loss=f'{last["loss"]:.4f}')
       timer_start, timer_steps = time.time(), 0
-    if done % config.train.checkpoint_every == 0 or done == num_steps:
-      checkpoints.save(manager, done, state.params, state.opt_state, kg)
+    if 'save' in events or step == t.num_steps:
+      checkpoints.save(manager, step, state.params, state.opt_state, kg)
+    if selector is not None and ('eval' in events or step == t.num_steps):
+      stop = selector.evaluate(step, state.params)
+      writer.write_scalars(step, {'valid_mrr_direct': selector.history[-1]['valid_mrr']})
+      if stop:
+        if step % t.checkpoint_every:
+          checkpoints.save(manager, step, state.params, state.opt_state, kg)
+        logging.info('no better valid MRR for %d evaluations: stopped at step %d (best: step %d, '
+                     'valid MRR %.4f)', t.patience, step, selector.best_step, selector.best_mrr)
+        break
+    if step >= t.num_steps:
+      break
   bar.close()
   manager.wait_until_finished()
   writer.flush()

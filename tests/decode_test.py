@@ -93,12 +93,14 @@ def brute_force(table, rtg_weight, head, space, max_len, edges=None, direct=True
 
 
 def run_beam(table, rtg_weight, heads, space, beam, max_len, constraint=None, complete_last=False,
-             direct_ok=None, finish_width=0, aggregation='max', length_norm=True):
+             direct_ok=None, finish_width=0, aggregation='max', length_norm=True,
+             complete_direct=False):
   model = step_models.history_step_model(table_stub(table, rtg_weight), max_len)
   fn = jax.jit(lambda h, d: decode.beam_search(
       model, h, space=space, beam_size=beam, max_len=max_len, rtg_constants=constants(space),
       constraint=constraint, complete_last=complete_last, finish_width=finish_width,
-      aggregation=aggregation, length_norm=length_norm, direct_ok=d))
+      complete_direct=complete_direct, aggregation=aggregation, length_norm=length_norm,
+      direct_ok=d))
   direct_ok = None if direct_ok is None else jnp.asarray(direct_ok, bool)
   return jax.device_get(fn(jnp.asarray(heads, jnp.int32), direct_ok))
 
@@ -152,6 +154,37 @@ def test_exhaustive_beam_matches_brute_force(max_len, beam, aggregation, length_
   expected = brute_force(table, w, 0, space, max_len)
   assert_matches(result, 0, per_entity(expected, space, aggregation, length_norm))
   assert np.all(np.isfinite(result.score[0]))
+
+
+@pytest.mark.parametrize('aggregation,length_norm', [('max', True), ('sum', False)])
+def test_complete_direct_scores_every_direct_answer_apart_from_the_paths(aggregation, length_norm):
+  # Exhaustive beam, R=1, E=3, L=5: the direct answers come exactly out of step 0 (no beam slot),
+  # the paths are every path of a hop, and the model's own combination is the aggregate of all.
+  space = kg_lib.TokenSpace(num_relations=1, num_entities=3)
+  table, w = random_problem(5, space, 5)
+  result = run_beam(table, w, [0, 1], space, 384, 5, complete_direct=True,
+                    aggregation=aggregation, length_norm=length_norm)
+  expected = brute_force(table, w, 0, space, 5)
+  score, best, path = per_entity(expected, space, aggregation, length_norm)
+  direct = np.asarray([expected[(space.entity_offset + e, EOS)] for e in range(3)])
+  np.testing.assert_allclose(result.direct[0], direct, rtol=1e-4, atol=1e-5)
+  paths, _, _ = per_entity(expected, space, aggregation, length_norm, keep=lambda q: len(q) > 2)
+  np.testing.assert_allclose(result.paths[0], paths, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(result.score[0], score, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(result.best[0], best, rtol=1e-4, atol=1e-5)
+  # A weight mixes the two parts, each normalised over the entities.
+  only_direct = decode.combine(result.direct, result.paths, aggregation, 1.0)
+  only_paths = decode.combine(result.direct, result.paths, aggregation, 0.0)
+  half = decode.combine(result.direct, result.paths, aggregation, 0.5)
+  norm = lambda x: x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
+  np.testing.assert_allclose(only_direct, norm(result.direct), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(only_paths, norm(result.paths), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.exp(half), 0.5 * np.exp(only_direct) + 0.5 * np.exp(only_paths),
+                             rtol=1e-5, atol=1e-6)
+  # Without complete_direct the direct answers are beams: no separate part.
+  beams = run_beam(table, w, [0, 1], space, 384, 5, aggregation=aggregation,
+                   length_norm=length_norm)
+  assert np.all(np.isneginf(beams.direct)) and np.allclose(beams.score, result.score, atol=1e-5)
 
 
 def test_small_beam_finds_the_known_best_paths_in_order():

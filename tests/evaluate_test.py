@@ -11,6 +11,7 @@ import pytest
 from configs import default
 from imkga_jax import decode
 from imkga_jax import evaluate
+from imkga_jax import evaluator as evaluator_lib
 from imkga_jax import explain
 from imkga_jax import kg as kg_lib
 from imkga_jax import prepared
@@ -25,6 +26,7 @@ def empty_state(b, e, length=3):
   return decode.BeamState(
       logprob=jnp.zeros((b, 1)), seqs=jnp.zeros((b, 1, length), jnp.int32),
       rtg=jnp.zeros((b, 1)), hops=jnp.zeros((b, 1), jnp.int32), cache=None,
+      direct=jnp.full((b, e), -jnp.inf),
       score=jnp.full((b, e), -jnp.inf), best=jnp.full((b, e), -jnp.inf),
       path=jnp.zeros((b, e, length), jnp.int32))
 
@@ -282,7 +284,7 @@ def stub_evaluator(kg, beam=None, batch_size=4, batch_sharding=None, direct=None
       direct_answer_stub(table, space, 3), space, beam_size=config.decode.beam_size, max_len=3,
       rtg_constants=rtg_lib.constants_from_config(config, space), direct=direct,
       batch_sharding=batch_sharding)
-  return evaluate.Evaluator(config, kg, table, features_of(kg), decode_fn), table
+  return evaluator_lib.Evaluator(config, kg, table, features_of(kg), decode_fn), table
 
 
 def test_evaluation_end_to_end_with_a_stub():
@@ -490,10 +492,10 @@ def test_predict_and_files(tmp_path):
   text = explain.format_predictions(query, answers)
   assert answers[0]['entity'] in text and 'path:' in text
   with pytest.raises(ValueError, match='HEAD|RELATION'):
-    evaluate.parse_query(kg, 'no separator')
+    evaluator_lib.parse_query(kg, 'no separator')
   with pytest.raises(KeyError, match='unknown relation'):
-    evaluate.parse_query(kg, f'{kg.entities[0]}|nope')
-  assert evaluate.parse_query(kg, 'ent_3|rel_1_inv') == (3, 3)
+    evaluator_lib.parse_query(kg, f'{kg.entities[0]}|nope')
+  assert evaluator_lib.parse_query(kg, 'ent_3|rel_1_inv') == (3, 3)
   path = os.path.join(str(tmp_path), 'x.jsonl')
   explain.write_jsonl(path, [{'a': 1}, {'b': 'ü'}])
   assert explain.read_jsonl(path) == [{'a': 1}, {'b': 'ü'}]

@@ -343,3 +343,48 @@ def test_two_processes_train_and_agree(prepared_workdir, tmp_path):
     outputs.append(json.loads(line[len('LOSSES '):]))
   assert len(outputs[0]) == 5 and np.all(np.isfinite(outputs[0]))
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6)
+
+
+def test_steps_per_call_runs_the_same_steps(prepared_workdir, tmp_path):
+  """Six steps as six calls, as two scans of three, and as one of four and one of two: the same
+  parameters (each step draws its own randomness from its step number)."""
+  raw, _ = prepared_workdir
+  results = []
+  for k, every in ((1, 6), (3, 6), (4, 6)):
+    workdir = fresh_workdir(prepared_workdir, tmp_path, f'k{k}')
+    config = tiny_config(raw)
+    config.train.steps_per_call, config.train.log_every = k, every
+    config.train.checkpoint_every = every
+    metrics = train.train_and_evaluate(config, workdir)
+    assert np.isfinite(metrics['loss'])
+    results.append(final_params(workdir, config))
+  assert [s for s, _ in results] == [6, 6, 6]
+  for other in results[1:]:
+    for x, y in zip(results[0][1], other[1]):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_valid_selection_keeps_the_best_parameters_and_stops(prepared_workdir, tmp_path):
+  raw, _ = prepared_workdir
+  workdir = fresh_workdir(prepared_workdir, tmp_path)
+  config = tiny_config(raw)
+  config.train.num_steps, config.train.eval_every, config.train.patience = 40, 2, 2
+  config.train.checkpoint_every = 40
+  config.optim.learning_rate = 0.5  # unstable on purpose: the valid MRR will not keep rising
+  config.optim.clip_norm = 100.0
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'selection.json')) as f:
+    selection = json.load(f)
+  history = selection['history']
+  assert [h['step'] for h in history] == list(range(2, 2 * len(history) + 1, 2))
+  best = max(history, key=lambda h: h['valid_mrr'])
+  assert selection['best_step'] == best['step'] and selection['best_mrr'] == best['valid_mrr']
+  stopped = history[-1]['step']
+  if stopped < 40:  # stopped early: patience evaluations without a better MRR
+    assert len([h for h in history if h['step'] > best['step']]) == 2
+  # Evaluation restores the selected parameters, not the last ones.
+  kg = kg_lib.KnowledgeGraph.load(os.path.join(workdir, 'prepared'))
+  assert checkpoints.best_step(workdir) == best['step']
+  _, _, step = checkpoints.restore_params(config, workdir, kg)
+  assert step == best['step'] and checkpoints.selected_step(workdir) == best['step']
+  assert checkpoints.latest_step(workdir) == stopped
