@@ -54,8 +54,19 @@ def _defaults() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data (imkga_jax/kg.py)
   config.data = ml_collections.ConfigDict()
-  # Folder of the raw KG. Empty with `data.synthetic=True` means WORKDIR/raw (generated).
+  # Folder of the raw KG. Empty with `data.synthetic=True` means WORKDIR/raw (generated). When set,
+  # it wins over data.name (read as it is; the name only labels the run).
   config.data.root = ''
+  # A dataset by name (imkga_jax/datasets.py): 'umls', 'kinship' (shipped in the package),
+  # 'wn18rr', 'fb15k237', 'openbg_img' (in the cache folder, downloaded on first use where a network
+  # exists, sha256-verified). '' = none: data.root or data.synthetic says what to read.
+  config.data.name = ''
+  # Cache folder of the downloaded datasets ('' = $IMKGA_DATASETS_DIR, else
+  # $XDG_CACHE_HOME/imkga_jax/datasets, else ~/.cache/imkga_jax/datasets); each in <cache>/<name>.
+  config.data.cache_dir = ''
+  # Archive to download data.name from instead of its recorded URL ('' = the recorded one): a
+  # mirror, or a local copy as file:///path/WN18RR.tar.gz (.tar, .tar.gz, .tgz or .zip).
+  config.data.url = ''
   # 'auto' (detect), 'triples' (train/valid/test .txt/.tsv) or 'openbg' (OpenBG-IMG layout).
   config.data.layout = 'auto'
   # Generate the embedded multimodal KG (data_prep/synthetic.py) into WORKDIR/raw first.

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import ml_collections
 
 from imkga_jax import config_check
+from imkga_jax import datasets
 from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import readers
@@ -44,13 +45,17 @@ STATS_FILE = 'stats.json'
 
 
 def raw_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Folder of the raw KG: `data.root`, or `WORKDIR/raw` for the synthetic KG."""
+  """Folder of the raw KG: `WORKDIR/raw` (or `data.root`) for the synthetic KG, else `data.root`,
+  else the folder of `data.name` (`datasets.root_from_config`: downloaded and verified as needed)."""
   if config.data.synthetic:
     return config.data.root or os.path.join(workdir, 'raw')
-  if not config.data.root:
-    raise ValueError('config.data.root is empty: pass --config.data.root=PATH/TO/KG '
-                     '(a folder of train/valid/test triples or the OpenBG-IMG layout)')
-  return config.data.root
+  root = datasets.root_from_config(config.data)
+  if not root:
+    raise ValueError('config.data.root and config.data.name are both empty: pass '
+                     f'--config.data.name=NAME (one of {", ".join(datasets.NAMES)}) or '
+                     '--config.data.root=PATH/TO/KG (a folder of train/valid/test triples or the '
+                     'OpenBG-IMG layout)')
+  return root
 
 
 def prepared_dir(workdir: str) -> str:
@@ -153,7 +158,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     nonlocal kg
     kg = readers.load_kg_from_config(config.data, root)
     kg.save(out)
-    return kg.stats()
+    return {**kg.stats(), 'data_name': config.data.name, 'data_root': os.path.abspath(root)}
   run('kg', read_kg)
 
   if config.features.enabled:
