@@ -19,6 +19,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for prepared data, check
 _MODE = flags.DEFINE_enum('mode', 'all', ['prepare', 'train', 'eval', 'predict', 'all'],
                           'Stage to run; `all` runs prepare -> train -> eval, skipping what is done.')
 _QUERY = flags.DEFINE_string('query', None, "With --mode=predict: 'HEAD|RELATION' in names.")
+_FORMAT = flags.DEFINE_enum('format', 'table', ['table', 'json'],
+                            'With --mode=predict: a readable table or machine-readable JSON.')
+_EXPLAIN_PNG = flags.DEFINE_string('explain_png', '', 'With --mode=predict: also draw the head\'s '
+                                   'image, its OCR text and the top answers\' paths to this PNG.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -61,7 +65,7 @@ def main(argv):
     if not _QUERY.value:
       raise app.UsageError("--mode=predict needs --query='HEAD|RELATION'")
     from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.run_prediction(config, workdir, _QUERY.value)
+    evaluate.run_prediction(config, workdir, _QUERY.value, _FORMAT.value, _EXPLAIN_PNG.value)
 
 
 if __name__ == '__main__':

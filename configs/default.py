@@ -108,8 +108,10 @@ def _defaults() -> ml_collections.ConfigDict:
   config.features.enabled = True
   # VGG16 output used as the raw image vector: 'predictions' (1000), 'fc2' (4096) or 'gap' (512).
   config.features.vgg_layer = 'predictions'
-  # Local VGG16 weights (.h5, .weights.h5, .pth or .safetensors); '' = seeded random init (warned).
-  config.features.vgg_weights = ''
+  # VGG16 weights: 'random' (seeded random init, warned: no ImageNet file can be downloaded here;
+  # '' is read as 'random') or a local ImageNet file: Keras .h5 / .weights.h5, torchvision .pth or
+  # .safetensors (README "VGG16 weights"). stats.json and the summary say which was used.
+  config.features.vgg_weights = 'random'
   # Square side images are resized to for VGG16 (224 unless vgg_layer='gap', which takes any size;
   # 112 costs a quarter of the FLOPs).
   config.features.vgg_image_size = 224

@@ -264,7 +264,7 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
            'ocr_nonempty': int(ocr_present.sum()), 'ocr_cache_hits': ocr_stats['ocr_cache_hits'],
            'fig_ae_loss': fig_loss and round(fig_loss, 4),
            'ocr_ae_loss': ocr_loss and round(ocr_loss, 4),
-           'vgg_weights': fc.vgg_weights or 'random', **timings,
+           'vgg_weights': vgg16_weights.describe(fc.vgg_weights), **timings,
            'features_seconds': round(time.perf_counter() - start, 2)}
   exact = _ocr_brand_exact(kg, {kg.entities[i]: t for i, t in zip(ids, texts)})
   if exact is not None:

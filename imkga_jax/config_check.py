@@ -110,6 +110,12 @@ def url_or_empty() -> tuple[str, Callable[[Any], bool]]:
           lambda v: isinstance(v, str) and (not v or v.startswith(('https://', 'http://', 'file://'))))
 
 
+def vgg_weights() -> tuple[str, Callable[[Any], bool]]:
+  suffixes = ('.h5', '.pth', '.pt', '.safetensors')
+  return ("'random' or the path of a .h5, .weights.h5, .pth or .safetensors file",
+          lambda v: isinstance(v, str) and (v in ('random', '') or v.endswith(suffixes)))
+
+
 def split_list() -> tuple[str, Callable[[Any], bool]]:
   def ok(v):
     parts = [s.strip() for s in v.split(',') if s.strip()] if isinstance(v, str) else []
@@ -152,6 +158,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     # features
     ('features.enabled', boolean()),
     ('features.vgg_layer', one_of(VGG_LAYERS)),
+    ('features.vgg_weights', vgg_weights()),
     ('features.vgg_image_size', integer(32)),
     ('features.batch_size', integer(1)),
     ('features.ocr_engine', one_of(OCR_ENGINES)),

@@ -185,9 +185,32 @@ def parse_query(kg: kg_lib.KnowledgeGraph, query: str) -> tuple[int, int]:
   return kg.entity_id(parts[0].strip()), kg.relation_id(parts[1].strip())
 
 
-def run_prediction(config: ml_collections.ConfigDict, workdir: str, query: str
-                   ) -> list[dict[str, Any]]:
-  """`--mode=predict --query='HEAD|RELATION'`: prints and returns the ranked answers with paths."""
-  rows = Evaluator.restore(config, workdir).predict(query)
-  print(explain.format_predictions(query, rows))
+def run_prediction(config: ml_collections.ConfigDict, workdir: str, query: str,
+                   output_format: str = 'table', explain_png: str = '') -> list[dict[str, Any]]:
+  """`--mode=predict --query='HEAD|RELATION'`: prints and returns the ranked answers with paths.
+
+  Args:
+    config: the run's config.
+    workdir: the trained workdir.
+    query: `'HEAD|RELATION'` in names.
+    output_format: 'table' (readable, `explain.format_predictions`) or 'json'
+      (`explain.predictions_json`: the same rows, machine-readable).
+    explain_png: also draw the head's image, its OCR text and the top answers' paths to this PNG
+      (`explain_png.draw`); '' = none.
+  """
+  if output_format not in ('table', 'json'):
+    raise ValueError(f"--format={output_format!r}: expected 'table' or 'json'")
+  evaluator = Evaluator.restore(config, workdir)
+  rows = evaluator.predict(query)
+  if explain_png:
+    from imkga_jax import explain_png as png_lib  # pylint: disable=g-import-not-at-top
+    kg = evaluator.kg
+    head_id, relation_id = parse_query(kg, query)
+    head = kg.entities[head_id]
+    size = png_lib.draw(explain_png, head, kg.relation_name(relation_id), rows,
+                        kg.images.get(head, ()),
+                        png_lib.ocr_text_of(os.path.join(workdir, 'prepared'), kg, head))
+    logging.info('explanation picture of %s written to %s (%dx%d)', query, explain_png, *size)
+  print(explain.predictions_json(query, rows) if output_format == 'json'
+        else explain.format_predictions(query, rows))
   return rows

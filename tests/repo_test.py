@@ -79,6 +79,8 @@ RULES = {
     'imkga_jax/decode.py': (FORMAT | {'imkga_jax.models', 'imkga_jax.rtg', 'imkga_jax.grammar',
                                       'imkga_jax.step_models'}, ('tensorflow', 'optax')),
     'imkga_jax/explain.py': (FORMAT | {'imkga_jax.ranking'}, ('tensorflow', 'optax')),
+    # The picture of one query's answers: matplotlib and Pillow on the names explain.py gives.
+    'imkga_jax/explain_png.py': (FORMAT, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/checkpoints.py': (FORMAT | {'imkga_jax.models', 'imkga_jax.sharding'},
                                  ('tensorflow', 'optax')),
     'imkga_jax/baselines/': (FORMAT | {'imkga_jax.ranking', 'imkga_jax.priors',
