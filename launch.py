@@ -12,6 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from imkga_jax import config_check
+from imkga_jax import run_summary
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                           lock_config=True)
@@ -51,16 +52,21 @@ def main(argv):
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
   logging.info('mode=%s workdir=%s config:\n%s', mode, workdir, config)
+  # Each stage's wall time goes to WORKDIR/timings.json (the end summary of `all` reads it).
   if mode in ('prepare', 'all'):
     from data_prep import prepare  # pylint: disable=g-import-not-at-top
-    prepare.prepare(config, workdir)
+    with run_summary.timed(workdir, 'prepare'):
+      prepare.prepare(config, workdir)
   if mode in ('train', 'all'):
     from imkga_jax import train  # pylint: disable=g-import-not-at-top
     from configs import default  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir, defaults=default.get_config())
+    with run_summary.timed(workdir, 'train') as record:
+      record['up_to_date'] = not train.train_and_evaluate(config, workdir,
+                                                          defaults=default.get_config())
   if mode in ('eval', 'all'):
     from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.run_evaluation(config, workdir, summary=(mode == 'all'))
+    with run_summary.timed(workdir, 'eval'):
+      evaluate.run_evaluation(config, workdir, summary=(mode == 'all'))
   if mode == 'predict':
     if not _QUERY.value:
       raise app.UsageError("--mode=predict needs --query='HEAD|RELATION'")

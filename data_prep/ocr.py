@@ -195,7 +195,7 @@ def run_ocr(paths: Sequence[str | Sequence[str]], engine: OcrEngine, cache_path:
   texts: list[str | None] = []
   chosen: list[int] = []
   hits = unreadable = files_unreadable = 0
-  for item in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='img', disable=not progress):
+  for item in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='images', disable=not progress):
     candidates = [item] if isinstance(item, str) else list(item)
     text, index = None, -1
     for i, path in enumerate(candidates):

@@ -34,6 +34,7 @@ from imkga_jax import prepared as prepared_lib
 from imkga_jax import priors as priors_lib
 from imkga_jax import ranking
 from imkga_jax import rtg as rtg_lib
+from imkga_jax import run_summary
 from imkga_jax import step_models
 
 METRICS_FILE = 'metrics.json'
@@ -155,7 +156,8 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
       with open(os.path.join(workdir, METRICS_FILE), encoding='utf-8') as f:
         metrics = json.load(f)
       if summary:
-        print(explain.format_summary(metrics, explain.read_jsonl(os.path.join(workdir, EXPLANATIONS_FILE))))
+        print(run_summary.format_run_summary(
+            config, workdir, metrics, explain.read_jsonl(os.path.join(workdir, EXPLANATIONS_FILE))))
       return metrics
   evaluator = Evaluator.restore(config, workdir)
   metrics, rows = {}, []
@@ -172,7 +174,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
                'constrained' if config.decode.constrained else 'unconstrained',
                ranking.format_metrics(metrics))
   if summary:
-    print(explain.format_summary(metrics, rows))
+    print(run_summary.format_run_summary(config, workdir, metrics, rows))
   return metrics
 
 

@@ -205,5 +205,5 @@ def format_summary(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     lines.append(f"  ({q['head']}, {q['relation']}, ?)  true answer: {q['answer']}  "
                  f"rank {row['rank']:g}")
     for a in row['answers'][:3]:
-      lines.append(f"    {a['score']:8.4f}  {a['entity']:<24} via  {' -> '.join(a['path'])}")
+      lines.append(f"    {a['score']:8.4f}  {a['entity']:<24} via  {path_text(q['head'], a['path'])}")
   return '\n'.join(lines)

@@ -81,6 +81,9 @@ RULES = {
     'imkga_jax/explain.py': (FORMAT | {'imkga_jax.ranking'}, ('tensorflow', 'optax')),
     # The picture of one query's answers: matplotlib and Pillow on the names explain.py gives.
     'imkga_jax/explain_png.py': (FORMAT, ('jax', 'flax', 'tensorflow', 'optax')),
+    # The end summary of the main job: reads the workdir's JSON files, prints; no jax.
+    'imkga_jax/run_summary.py': (FORMAT | {'imkga_jax.explain'}, ('jax', 'flax', 'tensorflow',
+                                                                   'optax')),
     'imkga_jax/checkpoints.py': (FORMAT | {'imkga_jax.models', 'imkga_jax.sharding'},
                                  ('tensorflow', 'optax')),
     'imkga_jax/baselines/': (FORMAT | {'imkga_jax.ranking', 'imkga_jax.priors',
