@@ -12,6 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from imkga_jax import config_check
+from imkga_jax import datasets
 from imkga_jax import run_summary
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
@@ -52,6 +53,15 @@ def main(argv):
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
   logging.info('mode=%s workdir=%s config:\n%s', mode, workdir, config)
+  try:
+    run(config, workdir, mode)
+  except datasets.DatasetError as e:         # files to fetch by hand: the message is the help
+    sys.stderr.write(f'FATAL {e}\n')
+    sys.exit(1)
+
+
+def run(config, workdir: str, mode: str) -> None:
+  """Runs the stages of `mode` in order."""
   # Each stage's wall time goes to WORKDIR/timings.json (the end summary of `all` reads it).
   if mode in ('prepare', 'all'):
     from data_prep import prepare  # pylint: disable=g-import-not-at-top

@@ -252,3 +252,15 @@ def test_config_rules_for_the_new_keys():
   assert any('at most one of them' in p for p in config_check.problems(config))
   with pytest.raises(ValueError, match="data.name='nope' is not a known dataset"):
     datasets.resolve('nope')
+
+
+def test_launch_without_the_files_stops_with_what_to_put_where(tmp_path):
+  env = dict(os.environ, IMKGA_DATASETS_DIR=str(tmp_path / 'cache'))
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/structure.py:wn18rr', '--mode=prepare',
+       f'--workdir={tmp_path / "w"}', f'--config.data.url=file://{tmp_path}/offline.tar.gz'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert 'FATAL data.name=wn18rr: WN18RR' in proc.stderr and 'Traceback' not in proc.stderr
+  for f in ('train.txt', 'valid.txt', 'test.txt'):
+    assert f'  {tmp_path / "cache" / "wn18rr" / f}\n' in proc.stderr
