@@ -69,6 +69,23 @@ def input_manifest(config: ml_collections.ConfigDict, root: str) -> list[dict[st
           + files.fingerprint_files(found['images'], content=False))
 
 
+# Keys left out of the fingerprints: they say only where the raw files come from (data.name,
+# data.cache_dir, data.url: the files themselves are fingerprinted through `inputs`), so a workdir
+# prepared from `data.root` before these keys existed stays up to date.
+LOCATION_KEYS = {'data': ('name', 'cache_dir', 'url')}
+
+
+def _fingerprinted(key: str, value: Any) -> Any:
+  """The JSON value of config section `key` as the fingerprint sees it (`LOCATION_KEYS` left out;
+  `features.vgg_weights` 'random' counted as '', its older spelling, so old workdirs match)."""
+  value = json.loads(value.to_json()) if hasattr(value, 'to_json') else value
+  if isinstance(value, dict):
+    value = {k: v for k, v in value.items() if k not in LOCATION_KEYS.get(key, ())}
+    if key == 'features' and value.get('vgg_weights') == 'random':
+      value['vgg_weights'] = ''
+  return value
+
+
 def fingerprints(config: ml_collections.ConfigDict,
                  inputs: list[dict[str, Any]] | None = None) -> dict[str, str]:
   """Cumulative fingerprint per stage: a stage's hash covers its keys and those of earlier stages,
@@ -76,8 +93,7 @@ def fingerprints(config: ml_collections.ConfigDict,
   out, parts = {}, []
   for stage in STAGES:
     for key in STAGE_KEYS[stage]:
-      value = config[key]
-      parts.append([key, json.loads(value.to_json()) if hasattr(value, 'to_json') else value])
+      parts.append([key, _fingerprinted(key, config[key])])
     if stage == 'kg':
       parts.append(['inputs', inputs])
     out[stage] = files.fingerprint(parts)[:16]

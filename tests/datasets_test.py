@@ -264,3 +264,15 @@ def test_launch_without_the_files_stops_with_what_to_put_where(tmp_path):
   assert 'FATAL data.name=wn18rr: WN18RR' in proc.stderr and 'Traceback' not in proc.stderr
   for f in ('train.txt', 'valid.txt', 'test.txt'):
     assert f'  {tmp_path / "cache" / "wn18rr" / f}\n' in proc.stderr
+
+
+def test_where_the_files_come_from_does_not_change_the_fingerprints():
+  base = prepare.fingerprints(structure.get_config('umls'), [])
+  moved = structure.get_config('umls')
+  moved.data.name, moved.data.cache_dir, moved.data.url = '', '/elsewhere', 'file:///x.tgz'
+  moved.features.vgg_weights = ''                       # the older spelling of 'random'
+  assert prepare.fingerprints(moved, []) == base
+  moved.features.vgg_weights = '/w/vgg16.weights.h5'
+  assert prepare.fingerprints(moved, [])['features'] != base['features']
+  moved.data.unknown_entities = 'keep'                  # a data key that changes what is read
+  assert prepare.fingerprints(moved, [])['kg'] != base['kg']
