@@ -12,6 +12,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from imkga_jax import config_check
+from imkga_jax import datasets
+from imkga_jax import run_summary
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                           lock_config=True)
@@ -19,6 +21,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for prepared data, check
 _MODE = flags.DEFINE_enum('mode', 'all', ['prepare', 'train', 'eval', 'predict', 'all'],
                           'Stage to run; `all` runs prepare -> train -> eval, skipping what is done.')
 _QUERY = flags.DEFINE_string('query', None, "With --mode=predict: 'HEAD|RELATION' in names.")
+_FORMAT = flags.DEFINE_enum('format', 'table', ['table', 'json'],
+                            'With --mode=predict: a readable table or machine-readable JSON.')
+_EXPLAIN_PNG = flags.DEFINE_string('explain_png', '', 'With --mode=predict: also draw the head\'s '
+                                   'image, its OCR text and the top answers\' paths to this PNG.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -47,21 +53,35 @@ def main(argv):
   except config_check.ConfigError as e:
     raise app.UsageError(str(e)) from None
   logging.info('mode=%s workdir=%s config:\n%s', mode, workdir, config)
+  try:
+    run(config, workdir, mode)
+  except datasets.DatasetError as e:         # files to fetch by hand: the message is the help
+    sys.stderr.write(f'FATAL {e}\n')
+    sys.exit(1)
+
+
+def run(config, workdir: str, mode: str) -> None:
+  """Runs the stages of `mode` in order."""
+  # Each stage's wall time goes to WORKDIR/timings.json (the end summary of `all` reads it).
   if mode in ('prepare', 'all'):
     from data_prep import prepare  # pylint: disable=g-import-not-at-top
-    prepare.prepare(config, workdir)
+    with run_summary.timed(workdir, 'prepare'):
+      prepare.prepare(config, workdir)
   if mode in ('train', 'all'):
     from imkga_jax import train  # pylint: disable=g-import-not-at-top
     from configs import default  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir, defaults=default.get_config())
+    with run_summary.timed(workdir, 'train') as record:
+      record['up_to_date'] = not train.train_and_evaluate(config, workdir,
+                                                          defaults=default.get_config())
   if mode in ('eval', 'all'):
     from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.run_evaluation(config, workdir, summary=(mode == 'all'))
+    with run_summary.timed(workdir, 'eval'):
+      evaluate.run_evaluation(config, workdir, summary=(mode == 'all'))
   if mode == 'predict':
     if not _QUERY.value:
       raise app.UsageError("--mode=predict needs --query='HEAD|RELATION'")
     from imkga_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.run_prediction(config, workdir, _QUERY.value)
+    evaluate.run_prediction(config, workdir, _QUERY.value, _FORMAT.value, _EXPLAIN_PNG.value)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,9 @@ the state-dict key or the config key it is about; "anything lost" is yes when da
 changed or destroyed (checkpoints overwritten, a stale prepared KG reused, foreign bytes read).
 
 Usage:
-  python benchmarks/faults.py --out=/tmp/faults [--umls=../shared/datasets/umls] [--only=SUBSTRING]
+  python benchmarks/faults.py --out=/tmp/faults [--umls=UMLS_FOLDER] [--only=SUBSTRING]
+
+(`--umls` defaults to the copy shipped in the package, `imkga_jax/dataset_files/umls`.)
 """
 from __future__ import annotations
 
@@ -450,7 +452,7 @@ def build_cases(out: str, splits) -> list[Callable[[], None]]:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True, help='scratch folder (emptied first)')
-  parser.add_argument('--umls', default=os.path.join(ROOT, '..', 'shared', 'datasets', 'umls'))
+  parser.add_argument('--umls', default=os.path.join(ROOT, 'imkga_jax', 'dataset_files', 'umls'))
   parser.add_argument('--only', default='', help='run only the cases whose name contains this')
   args = parser.parse_args(argv)
   logging.getLogger().setLevel(logging.INFO)                # the cases capture INFO and above;

@@ -4,7 +4,7 @@ Pick the model, and optionally the dataset config to start from, after the colon
 `--config=configs/baselines.py:complex` (synthetic KG) or `--config=configs/baselines.py:tucker,umls`.
 
   python -m imkga_jax.baselines.train --config=configs/baselines.py:complex,umls \
-      --config.data.root=../shared/datasets/umls --workdir=/tmp/complex_umls
+      --workdir=/tmp/complex_umls
 
 The defaults are one budget for every dataset (about a minute per model on UMLS on a 2-core CPU);
 the per-model sections hold the usual settings of each model's paper, scaled down.

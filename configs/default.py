@@ -54,8 +54,19 @@ def _defaults() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data (imkga_jax/kg.py)
   config.data = ml_collections.ConfigDict()
-  # Folder of the raw KG. Empty with `data.synthetic=True` means WORKDIR/raw (generated).
+  # Folder of the raw KG. Empty with `data.synthetic=True` means WORKDIR/raw (generated). When set,
+  # it wins over data.name (read as it is; the name only labels the run).
   config.data.root = ''
+  # A dataset by name (imkga_jax/datasets.py): 'umls', 'kinship' (shipped in the package),
+  # 'wn18rr', 'fb15k237', 'openbg_img' (in the cache folder, downloaded on first use where a network
+  # exists, sha256-verified). '' = none: data.root or data.synthetic says what to read.
+  config.data.name = ''
+  # Cache folder of the downloaded datasets ('' = $IMKGA_DATASETS_DIR, else
+  # $XDG_CACHE_HOME/imkga_jax/datasets, else ~/.cache/imkga_jax/datasets); each in <cache>/<name>.
+  config.data.cache_dir = ''
+  # Archive to download data.name from instead of its recorded URL ('' = the recorded one): a
+  # mirror, or a local copy as file:///path/WN18RR.tar.gz (.tar, .tar.gz, .tgz or .zip).
+  config.data.url = ''
   # 'auto' (detect), 'triples' (train/valid/test .txt/.tsv) or 'openbg' (OpenBG-IMG layout).
   config.data.layout = 'auto'
   # Generate the embedded multimodal KG (data_prep/synthetic.py) into WORKDIR/raw first.
@@ -97,8 +108,10 @@ def _defaults() -> ml_collections.ConfigDict:
   config.features.enabled = True
   # VGG16 output used as the raw image vector: 'predictions' (1000), 'fc2' (4096) or 'gap' (512).
   config.features.vgg_layer = 'predictions'
-  # Local VGG16 weights (.h5, .weights.h5, .pth or .safetensors); '' = seeded random init (warned).
-  config.features.vgg_weights = ''
+  # VGG16 weights: 'random' (seeded random init, warned: no ImageNet file can be downloaded here;
+  # '' is read as 'random') or a local ImageNet file: Keras .h5 / .weights.h5, torchvision .pth or
+  # .safetensors (README "VGG16 weights"). stats.json and the summary say which was used.
+  config.features.vgg_weights = 'random'
   # Square side images are resized to for VGG16 (224 unless vgg_layer='gap', which takes any size;
   # 112 costs a quarter of the FLOPs).
   config.features.vgg_image_size = 224

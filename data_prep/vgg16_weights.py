@@ -357,11 +357,33 @@ def load_weights(path: str) -> tuple[Params, str]:
                    '.safetensors (config key features.vgg_weights)')
 
 
+RANDOM = 'random'
+
+
+def is_random(path: str) -> bool:
+  """Whether `features.vgg_weights` asks for seeded random weights: 'random', or '' (its older
+  spelling, kept as a synonym). A weights file named `random` is `./random`."""
+  return path in (RANDOM, '')
+
+
+def describe(path: str) -> str:
+  """What stats.json and the summary say about the weights: 'random' or the file's absolute path."""
+  return RANDOM if is_random(path) else os.path.abspath(path)
+
+
 def load_or_init(path: str, seed: int) -> tuple[Params, str]:
-  """`load_weights(path)`, or with `path=''` seeded random weights and a warning."""
-  if path:
+  """`load_weights(path)`, or for `path='random'` (or '') seeded random weights and a warning.
+
+  No ImageNet file can be downloaded here, so 'random' is the default (`configs/default.py`): the
+  image vectors are then random-projection features, which separate the synthetic KG's colours and
+  shapes but are not the paper's. A local Keras `vgg16_weights_tf_dim_ordering_tf_kernels.h5` /
+  `vgg16.weights.h5`, torchvision `vgg16-397923af.pth` or a `.safetensors` copy of either loads the
+  ImageNet weights (README "VGG16 weights").
+  """
+  if not is_random(path):
     return load_weights(path)
-  logging.warning('features.vgg_weights is empty: VGG16 uses seeded random weights (seed %d); the '
-                  'image vectors are random-projection features, NOT ImageNet features. Point '
-                  'features.vgg_weights at a .h5/.weights.h5/.pth/.safetensors file for those.', seed)
+  logging.warning('features.vgg_weights=%r: VGG16 uses seeded random weights (seed %d); the image '
+                  'vectors are random-projection features, NOT ImageNet features. Point '
+                  'features.vgg_weights at a .h5/.weights.h5/.pth/.safetensors file for those.',
+                  path or RANDOM, seed)
   return vgg16.init_params(seed), 'caffe'

@@ -38,6 +38,7 @@ OCR_ENGINES = ('rapidocr', 'easyocr')
 BRANCHES = ('fig', 'ocr', 'concat')
 AGGREGATIONS = ('max', 'sum')
 PRIORS = ('answer_type', 'functional_inverse')
+DATASET_NAMES = ('umls', 'kinship', 'wn18rr', 'fb15k237', 'openbg_img')   # datasets.NAMES
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,21 @@ def positive_or_nan() -> tuple[str, Callable[[Any], bool]]:
   return 'a number > 0', lambda v: _is_number(v) and not v <= 0
 
 
+def string() -> tuple[str, Callable[[Any], bool]]:
+  return 'a string', lambda v: isinstance(v, str)
+
+
+def url_or_empty() -> tuple[str, Callable[[Any], bool]]:
+  return ("'' or a URL (https://..., http://... or file:///...)",
+          lambda v: isinstance(v, str) and (not v or v.startswith(('https://', 'http://', 'file://'))))
+
+
+def vgg_weights() -> tuple[str, Callable[[Any], bool]]:
+  suffixes = ('.h5', '.pth', '.pt', '.safetensors')
+  return ("'random' or the path of a .h5, .weights.h5, .pth or .safetensors file",
+          lambda v: isinstance(v, str) and (v in ('random', '') or v.endswith(suffixes)))
+
+
 def split_list() -> tuple[str, Callable[[Any], bool]]:
   def ok(v):
     parts = [s.strip() for s in v.split(',') if s.strip()] if isinstance(v, str) else []
@@ -123,6 +139,9 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('seed', integer(0)),
     # data
     ('data.layout', one_of(('auto', 'triples', 'openbg'))),
+    ('data.name', one_of(('',) + DATASET_NAMES)),
+    ('data.cache_dir', string()),
+    ('data.url', url_or_empty()),
     ('data.synthetic', boolean()),
     ('data.unknown_entities', one_of(kg_lib.UNKNOWN_POLICIES)),
     ('data.duplicates', one_of(kg_lib.DUPLICATE_POLICIES)),
@@ -139,6 +158,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     # features
     ('features.enabled', boolean()),
     ('features.vgg_layer', one_of(VGG_LAYERS)),
+    ('features.vgg_weights', vgg_weights()),
     ('features.vgg_image_size', integer(32)),
     ('features.batch_size', integer(1)),
     ('features.ocr_engine', one_of(OCR_ENGINES)),
@@ -257,6 +277,9 @@ def _priors_ok(value: Any) -> bool:
 
 # (keys, predicate over the config, what must hold) — rules that tie keys together.
 CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (('data.name', 'data.synthetic'),
+     lambda c: not (c.data.name and c.data.synthetic),
+     'at most one of them: a named dataset or the generated synthetic KG'),
     (('features.ngram_min', 'features.ngram_max'),
      lambda c: c.features.ngram_min <= c.features.ngram_max, 'ngram_min <= ngram_max'),
     (('model.emb_dim', 'model.num_heads'),

@@ -28,6 +28,7 @@ from imkga_jax import evaluator as evaluator_lib
 from imkga_jax import explain
 from imkga_jax import files
 from imkga_jax import ranking
+from imkga_jax import run_summary
 
 METRICS_FILE = 'metrics.json'
 BY_RELATION_FILE = 'metrics_by_relation.json'
@@ -63,7 +64,8 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
       with open(os.path.join(workdir, METRICS_FILE), encoding='utf-8') as f:
         metrics = json.load(f)
       if summary:
-        print(explain.format_summary(metrics, explain.read_jsonl(os.path.join(workdir, EXPLANATIONS_FILE))))
+        print(run_summary.format_run_summary(
+            config, workdir, metrics, explain.read_jsonl(os.path.join(workdir, EXPLANATIONS_FILE))))
       return metrics
   evaluator = evaluator_lib.Evaluator.restore(config, workdir)
   metrics, rows = {}, []
@@ -85,13 +87,36 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, summary: boo
                'constrained' if config.decode.constrained else 'unconstrained',
                ranking.format_metrics(metrics))
   if summary:
-    print(explain.format_summary(metrics, rows))
+    print(run_summary.format_run_summary(config, workdir, metrics, rows))
   return metrics
 
 
-def run_prediction(config: ml_collections.ConfigDict, workdir: str, query: str
-                   ) -> list[dict[str, Any]]:
-  """`--mode=predict --query='HEAD|RELATION'`: prints and returns the ranked answers with paths."""
-  rows = evaluator_lib.Evaluator.restore(config, workdir).predict(query)
-  print(explain.format_predictions(query, rows))
+def run_prediction(config: ml_collections.ConfigDict, workdir: str, query: str,
+                   output_format: str = 'table', explain_png: str = '') -> list[dict[str, Any]]:
+  """`--mode=predict --query='HEAD|RELATION'`: prints and returns the ranked answers with paths.
+
+  Args:
+    config: the run's config.
+    workdir: the trained workdir.
+    query: `'HEAD|RELATION'` in names.
+    output_format: 'table' (readable, `explain.format_predictions`) or 'json'
+      (`explain.predictions_json`: the same rows, machine-readable).
+    explain_png: also draw the head's image, its OCR text and the top answers' paths to this PNG
+      (`explain_png.draw`); '' = none.
+  """
+  if output_format not in ('table', 'json'):
+    raise ValueError(f"--format={output_format!r}: expected 'table' or 'json'")
+  evaluator = evaluator_lib.Evaluator.restore(config, workdir)
+  rows = evaluator.predict(query)
+  if explain_png:
+    from imkga_jax import explain_png as png_lib  # pylint: disable=g-import-not-at-top
+    kg = evaluator.kg
+    head_id, relation_id = evaluator_lib.parse_query(kg, query)
+    head = kg.entities[head_id]
+    size = png_lib.draw(explain_png, head, kg.relation_name(relation_id), rows,
+                        kg.images.get(head, ()),
+                        png_lib.ocr_text_of(os.path.join(workdir, 'prepared'), kg, head))
+    logging.info('explanation picture of %s written to %s (%dx%d)', query, explain_png, *size)
+  print(explain.predictions_json(query, rows) if output_format == 'json'
+        else explain.format_predictions(query, rows))
   return rows

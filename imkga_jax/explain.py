@@ -4,7 +4,8 @@ Every answer the decoder ranks comes with the best path that reached it (`decode
 `r1 e1 … rn answer` (or the direct form, `answer` alone). `answers` lists the best of one query,
 `PathStats` counts over a split how many top-1 answers come with a path of at least one hop and how
 many of those paths are *faithful* (every edge `e_i --r_i--> e_{i+1}` exists in the train graph, with
-inverses), and the `format_*` functions print them.
+inverses), `format_predictions` / `predictions_json` print one query's answers as a table or as JSON
+(`--mode=predict`, `--format`), and `explain_png.draw` makes a picture of them (`--explain_png`).
 
 Example:
   >>> rows = answers(kg, result.score[0], result.path[0], limit=3)       # doctest: +SKIP
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -141,13 +143,56 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f]
 
 
+def path_text(head: str, path: Sequence[str]) -> str:
+  """A path in names read from the head: `head -[sold_by]-> shop_7 -[located_in]-> region_3`; the
+  direct form (the answer alone, no hop) reads `head => answer (direct, no path)`."""
+  if len(path) < 2:
+    return f'{head} => {path[-1] if path else "?"} (direct, no path)'
+  steps = [f'-[{path[i]}]-> {path[i + 1]}' for i in range(0, len(path) - 1, 2)]
+  return ' '.join([head] + steps)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                 right: Sequence[bool] = ()) -> str:
+  """A plain-text table: a header, a rule, one line per row, columns as wide as their widest cell;
+  `right[i]` right-aligns column i (numbers)."""
+  cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+  aligned = [i < len(right) and right[i] for i in range(len(headers))]
+
+  def line(row):
+    return '  '.join(c.rjust(w) if a else c.ljust(w)
+                     for c, w, a in zip(row, widths, aligned)).rstrip()
+  return '\n'.join([line(cells[0]), '  '.join('-' * w for w in widths)]
+                   + [line(r) for r in cells[1:]])
+
+
 def format_predictions(query: str, rows: Sequence[Mapping[str, Any]]) -> str:
-  """Readable lines: rank, answer, score, known flag and the path that produced it."""
-  lines = [f'query {query}: {len(rows)} answers']
-  for a in rows:
-    lines.append(f'{a["rank"]:3d}. {a["entity"]:<24} score {a["score"]:8.4f}'
-                 f'{"  (known)" if a.get("known") else ""}  path: {" -> ".join(a["path"])}')
-  return '\n'.join(lines)
+  """The answers of one query as a readable table: rank, answer, score, support (the share of the
+  answer's score its path carries), known (a true triple of some split) and the path in names."""
+  head = query.split('|')[0].strip()
+  relation = query.split('|')[-1].strip()
+  table = format_table(
+      ('rank', 'answer', 'score', 'support', 'known', 'path'),
+      [(a['rank'], a['entity'], f'{a["score"]:.4f}',
+        f'{a["support"]:.2f}' if 'support' in a and a.get('hops') else '-',
+        'yes' if a.get('known') else '',
+        path_text(head, a['path'])) for a in rows],
+      right=(True, False, True, True))
+  legend = ('path: the best path the decoder walked from the head to the answer (its explanation). '
+            'support: the share of the answer\'s score that path carries (1 = all of it; - for an '
+            'answer given directly, without a path). known: (head, relation, answer) is a triple '
+            'of train, valid or test.')
+  return '\n'.join([f'query ({head}, {relation}, ?): {len(rows)} answers, best first', table, '']
+                   + textwrap.wrap(legend, 100))
+
+
+def predictions_json(query: str, rows: Sequence[Mapping[str, Any]]) -> str:
+  """`--format=json`: `{"query": {"head", "relation"}, "answers": [row, ...]}`, the rows as
+  `Evaluator.predict` returns them (rank, entity, score, path, hops, support, known)."""
+  head, _, relation = query.partition('|')
+  return json.dumps({'query': {'head': head.strip(), 'relation': relation.strip()},
+                     'answers': [dict(a) for a in rows]}, indent=2, ensure_ascii=False)
 
 
 def format_summary(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
@@ -160,5 +205,5 @@ def format_summary(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     lines.append(f"  ({q['head']}, {q['relation']}, ?)  true answer: {q['answer']}  "
                  f"rank {row['rank']:g}")
     for a in row['answers'][:3]:
-      lines.append(f"    {a['score']:8.4f}  {a['entity']:<24} via  {' -> '.join(a['path'])}")
+      lines.append(f"    {a['score']:8.4f}  {a['entity']:<24} via  {path_text(q['head'], a['path'])}")
   return '\n'.join(lines)

@@ -23,7 +23,7 @@ naming the file and line. Decisions a policy allows are counted, logged and retu
   root, and image names that are not regular files (`data_root.py`).
 
 Example:
-  >>> kg = load_kg('../shared/datasets/umls')                      # doctest: +SKIP
+  >>> kg = load_kg(datasets.resolve('umls'))                       # doctest: +SKIP
   >>> kg.num_entities, kg.num_relations, len(kg.train)              # doctest: +SKIP
   (135, 46, 5216)
 """

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
+from imkga_jax import datasets
 from imkga_jax import kg as kg_lib
 from imkga_jax import readers
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'datasets')
 
 TRAIN = [('a', 'likes', 'b'), ('b', 'likes', 'c'), ('c', 'part_of', 'a'), ('a', 'part_of', 'd')]
 VALID = [('b', 'part_of', 'd')]
@@ -180,8 +180,7 @@ def test_inverses_and_filter_index(tmp_path):
   assert indptr.tolist() == [0, 1, 2, 2] and tails.tolist() == [kg.entity_id('b'), kg.entity_id('c')]
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED), reason='../shared/datasets not beside the checkout')
 def test_umls_matches_published_statistics():
-  kg = readers.load_kg(os.path.join(SHARED, 'umls'))
+  kg = readers.load_kg(datasets.resolve('umls'))          # the copy shipped in the package
   assert (kg.num_entities, kg.num_relations) == (135, 46)
   assert (len(kg.train), len(kg.valid), len(kg.test)) == (5216, 652, 661)

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from PIL import Image
+
 from tests import train_test
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
@@ -41,8 +43,19 @@ def test_main_job_predict_and_rerun(tmp_path):
     rows = [json.loads(line) for line in f]
   assert rows and all(a['path'][-1] == a['entity'] for r in rows for a in r['answers'])
 
+  assert 'Run summary of' in out and '  time      prepare ' in out and 'Files:' in out
+  with open(os.path.join(workdir, 'timings.json')) as f:
+    assert set(json.load(f)) == {'prepare', 'train', 'eval'}
+
   out, _ = launch(workdir, raw, '--mode=predict', '--query=p0|lives_in')
   assert 'p0' in out and 'lives_in' in out
+  png = os.path.join(str(tmp_path), 'p0.png')
+  out, _ = launch(workdir, raw, '--mode=predict', '--query=p0|lives_in', '--format=json',
+                  f'--explain_png={png}')
+  answers = json.loads(out)['answers']
+  assert answers and all(a['path'][-1] == a['entity'] for a in answers)
+  with Image.open(png) as image:
+    assert image.format == 'PNG' and image.size[0] == 1400
 
   # A rerun finds every stage done: nothing is prepared, trained or evaluated again.
   mtime = os.path.getmtime(os.path.join(workdir, 'metrics.json'))

@@ -52,7 +52,7 @@ def _imports(path):
 # import at all. A module not listed under its folder's rule falls under the folder's rule.
 PROJECT = ('imkga_jax', 'data_prep', 'configs')
 LEAF = {'imkga_jax.kg', 'imkga_jax.readers', 'imkga_jax.data_root', 'imkga_jax.files',
-        'imkga_jax.config_check'}
+        'imkga_jax.config_check', 'imkga_jax.datasets'}
 FORMAT = LEAF | {'imkga_jax.prepared'}
 RULES = {
     'imkga_jax/kg.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
@@ -60,6 +60,9 @@ RULES = {
     'imkga_jax/files.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/data_root.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/config_check.py': (LEAF, ('jax', 'flax', 'tensorflow', 'optax')),
+    # Datasets by name: the graph, its readers and the file helpers (and tqdm), nothing heavier.
+    'imkga_jax/datasets.py': ({'imkga_jax.kg', 'imkga_jax.readers', 'imkga_jax.files'},
+                              ('jax', 'flax', 'tensorflow', 'optax', 'numpy')),
     'imkga_jax/prepared.py': (FORMAT, ('jax', 'flax', 'tensorflow', 'optax')),
     'imkga_jax/rtg.py': (FORMAT, ('flax', 'tensorflow', 'optax')),
     'imkga_jax/input_pipeline.py': (FORMAT, ('flax', 'optax')),
@@ -81,6 +84,11 @@ RULES = {
                                          'imkga_jax.step_models', 'imkga_jax.checkpoints',
                                          'imkga_jax.sharding', 'imkga_jax.models'},
                                ('tensorflow', 'optax')),
+    # The picture of one query's answers: matplotlib and Pillow on the names explain.py gives.
+    'imkga_jax/explain_png.py': (FORMAT, ('jax', 'flax', 'tensorflow', 'optax')),
+    # The end summary of the main job: reads the workdir's JSON files, prints; no jax.
+    'imkga_jax/run_summary.py': (FORMAT | {'imkga_jax.explain'}, ('jax', 'flax', 'tensorflow',
+                                                                   'optax')),
     'imkga_jax/checkpoints.py': (FORMAT | {'imkga_jax.models', 'imkga_jax.sharding'},
                                  ('tensorflow', 'optax')),
     'imkga_jax/baselines/': (FORMAT | {'imkga_jax.ranking', 'imkga_jax.priors',

@@ -25,7 +25,7 @@ layout, `ranking.metrics_by_relation`) and `baseline_history.json` (loss and val
 evaluation).
 
 Run: `python -m imkga_jax.baselines.train --config=configs/baselines.py:complex,umls
-      --config.data.root=../shared/datasets/umls --workdir=/tmp/complex_umls`
+      --workdir=/tmp/complex_umls` (UMLS ships in the package: `data.name`, imkga_jax/datasets.py)
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ import numpy as np
 import optax
 import tqdm
 
+from imkga_jax import datasets
 from imkga_jax import files
 from imkga_jax import kg as kg_lib
 from imkga_jax import priors as priors_lib
@@ -67,15 +68,18 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def load_graph(config: ml_collections.ConfigDict, workdir: str) -> kg_lib.KnowledgeGraph:
-  """The prepared KG in `WORKDIR/prepared`, or else the raw KG at `config.data.root` (logged)."""
+  """The prepared KG in `WORKDIR/prepared`, or else the raw KG at `config.data.root` or of
+  `config.data.name` (logged)."""
   prepared = os.path.join(workdir, 'prepared')
   if os.path.exists(os.path.join(prepared, kg_lib.VOCAB_FILE)):
     return kg_lib.KnowledgeGraph.load(prepared)
-  if config.data.root and not config.data.synthetic:
-    logging.info('%s has no prepared KG; reading the raw KG at %s', prepared, config.data.root)
-    return readers.load_kg_from_config(config.data)
-  raise FileNotFoundError(f'{prepared}/{kg_lib.VOCAB_FILE} is missing and config.data.root is not a '
-                          'raw KG: run `launch.py --mode=prepare` with this workdir first, or pass '
+  root = '' if config.data.synthetic else datasets.root_from_config(config.data)
+  if root:
+    logging.info('%s has no prepared KG; reading the raw KG at %s', prepared, root)
+    return readers.load_kg_from_config(config.data, root)
+  raise FileNotFoundError(f'{prepared}/{kg_lib.VOCAB_FILE} is missing and neither config.data.root '
+                          'nor config.data.name names a raw KG: run `launch.py --mode=prepare` with '
+                          'this workdir first, or pass --config.data.name=NAME or '
                           '--config.data.root=PATH/TO/TRIPLES')
 
 
@@ -183,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Args:
     config: a config from `configs/baselines.py` (needs the `baseline` section and `seed`).
-    workdir: folder with `prepared/` (or a raw KG at `config.data.root`); outputs go here.
+    workdir: folder with `prepared/` (or a raw KG at `config.data.root` / of `config.data.name`);
+      outputs go here.
 
   Returns:
     The metrics dict also written to `WORKDIR/metrics.json`, plus `'by_relation'` (test queries
@@ -192,7 +197,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Example:
     >>> from configs import baselines                                 # doctest: +SKIP
     >>> config = baselines.get_config('complex,umls')                 # doctest: +SKIP
-    >>> config.data.root = '../shared/datasets/umls'                  # doctest: +SKIP
     >>> train_and_evaluate(config, '/tmp/complex')['test']['both']    # doctest: +SKIP
   """
   b = config.baseline
