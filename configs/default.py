@@ -177,19 +177,11 @@ def _defaults() -> ml_collections.ConfigDict:
   config.trajectories.max_hops = 3
   # Random-walk trajectories that miss t (written with R1 = r_bad), per positive trajectory.
   config.trajectories.negative_share = 0.1
-  # Queries that also get the direct trajectory `t <eos>` although a rule grounds them: 'none' (the
-  # paper's reading: only ungrounded ones), 'image_heads' (heads with an image) or 'all'.
-  config.trajectories.also_direct = 'none'
-  # Copies of each direct trajectory whose head has an image and that no rule grounds (1 = none
-  # extra): the facts no path gives, only the image. They are a small share of the data (the brand
-  # facts are 1 % of the synthetic KG's), too few exposures to learn image → answer in a short run
-  # (benchmarks/RESULTS.md, "Why the image-evidence relations lag"). Grounded queries keep one copy,
-  # so the paths of the structure relations are not crowded out.
-  config.trajectories.image_direct_repeat = 1
-  # Which queries count as grounded for image_direct_repeat: those with a path of a rule of at least
-  # this confidence (0 = any rule). A weak rule (the synthetic KG's style∘style⁻¹∘colour, 0.30)
-  # grounds a colour fact on paths held-out products lack; the image is the better teacher there.
-  config.trajectories.image_direct_min_confidence = 0.0
+  # Queries that get the direct trajectory `t <eos>` beside their rule paths: 'all' (every query:
+  # step 0 is then a classifier over every entity, CoKE-like, and what the model reads from the
+  # head's image is learnt for every fact, with no rule deciding which), 'image_heads' (heads with
+  # an image) or 'none' (the paper's reading: only the queries no rule grounds).
+  config.trajectories.also_direct = 'all'
   # TFRecord shards written (>= number of processes that will read them).
   config.trajectories.num_shards = 8
 
@@ -263,9 +255,9 @@ def _defaults() -> ml_collections.ConfigDict:
   config.train.steps_per_call = 10
   # Model selection on the valid split: every this many steps the valid MRR of the direct answers
   # is measured and the best parameters kept for evaluation (0 = off: the last checkpoint).
-  config.train.eval_every = 0
+  config.train.eval_every = 500
   # ... and training stops after this many measurements without a better one (0 = never).
-  config.train.patience = 0
+  config.train.patience = 4
 
   # ---------------------------------------------------------------- mesh and sharding
   config.mesh = ml_collections.ConfigDict()
@@ -303,12 +295,12 @@ def _defaults() -> ml_collections.ConfigDict:
   # Only emit valid moves in the TRAIN graph with inverses (imkga_jax/decode.py); the first action
   # may also be any entity (the direct `t <eos>` form, offered to the queries preparation trained it
   # for: prepared/format.json).
-  config.decode.constrained = False
+  config.decode.constrained = True
   # How an entity's finished paths make its score: 'max' (its best path) or 'sum' (log of the summed
   # probability of the paths reaching it), and whether a path's log-probability is divided by its
   # hops first. SQUIRE's rule is ('max', True).
-  config.decode.aggregation = 'max'
-  config.decode.length_norm = True
+  config.decode.aggregation = 'sum'
+  config.decode.length_norm = False
   # Endings (a live prefix + an entity) finished at each inner entity step: the best `finish_width`
   # (one more model call on batch * finish_width rows), not only the beam's (<= beam_size = the
   # beam's own; imkga_jax/decode.py).

@@ -196,15 +196,6 @@ def assemble(kg: kg_lib.KnowledgeGraph, config: Any, graph: train_graph.TrainGra
   grounded = np.zeros(len(queries), bool)
   grounded[paths.query] = True
   direct = np.flatnonzero(~grounded | also_direct_mask(kg, queries, config.trajectories.also_direct))
-  repeat = int(config.trajectories.image_direct_repeat)
-  if repeat < 1:
-    raise ValueError(f'trajectories.image_direct_repeat must be >= 1, got {repeat}')
-  if repeat > 1:  # more exposure for the answers only the head's image shows (see default.py)
-    min_confidence = float(config.trajectories.image_direct_min_confidence)
-    trusted = np.zeros(len(queries), bool)  # grounded by a rule at least that confident
-    trusted[paths.query[paths.confidence >= min_confidence]] = True
-    only_image = image_head_mask(kg, queries)[direct] & ~trusted[direct]
-    direct = np.repeat(direct, np.where(only_image, repeat, 1))
   rng = np.random.default_rng([seed, 47])
   num_pos = len(paths.query) + len(direct)
   num_neg = int(round(float(config.trajectories.negative_share) * num_pos))

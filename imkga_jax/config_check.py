@@ -193,8 +193,6 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('trajectories.max_hops', integer(1)),
     ('trajectories.negative_share', number(0)),
     ('trajectories.also_direct', one_of(('none', 'image_heads', 'all'))),
-    ('trajectories.image_direct_repeat', integer(1)),
-    ('trajectories.image_direct_min_confidence', PROBABILITY),
     ('trajectories.num_shards', integer(1)),
     ('rtg.r_good', number()),
     ('rtg.r_bad', number()),

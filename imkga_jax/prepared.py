@@ -76,15 +76,10 @@ def direct_form(config: Any) -> dict[str, Any]:
   """What preparation decides about the direct form `t <eos>` from `config.trajectories`.
 
   `heads`: 'image_heads' when only queries whose head has an image get it beside their paths
-  (`trajectories.also_direct='image_heads'`), else 'all'. `below_rule_confidence`: when direct
-  trajectories of image heads are repeated (`image_direct_repeat > 1`), they are those no rule of at
-  least `image_direct_min_confidence` grounds; decoding offers the direct form only for query
-  relations whose best rule is weaker than that (0 = no limit).
+  (`trajectories.also_direct='image_heads'`), else 'all' (with 'none' the direct form is trained
+  for the queries no rule grounds, which decoding cannot tell apart).
   """
-  t = config.trajectories
-  repeat = int(t.image_direct_repeat) > 1
-  return {'heads': 'image_heads' if t.also_direct == 'image_heads' else 'all',
-          'below_rule_confidence': float(t.image_direct_min_confidence) if repeat else 0.0}
+  return {'heads': 'image_heads' if config.trajectories.also_direct == 'image_heads' else 'all'}
 
 
 def write_format(prepared_dir: str, config: Any) -> dict[str, Any]:
@@ -110,33 +105,12 @@ def read_format(prepared_dir: str) -> dict[str, Any]:
   return info
 
 
-def best_rule_confidence(kg: kg_lib.KnowledgeGraph, prepared_dir: str) -> np.ndarray:
-  """`[2R]` float32: the confidence of each query relation's best mined rule (0 without one)."""
-  file = path(prepared_dir, RULES_FILE)
-  try:
-    with open(file, encoding='utf-8') as f:
-      named = json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f'{file} is missing: run `launch.py --mode=prepare` first') from None
-  best = np.zeros(2 * kg.num_relations, np.float32)
-  for head, rules in named.items():
-    try:
-      best[kg.relation_id(head)] = max((float(c) for c, _ in rules), default=0.0)
-    except KeyError as e:
-      raise KeyError(f'{file}: {e.args[0]}') from None
-  return best
-
-
 def direct_table(kg: kg_lib.KnowledgeGraph, prepared_dir: str) -> np.ndarray:
   """`[2R, E] bool`: may query (head e, relation r) answer in the direct form (`format.json`)."""
-  form = read_format(prepared_dir)['direct_form']
   heads = np.ones(kg.num_entities, bool)
-  if form['heads'] == 'image_heads':
+  if read_format(prepared_dir)['direct_form']['heads'] == 'image_heads':
     heads = kg.has_image()
-  relations = np.ones(2 * kg.num_relations, bool)
-  if form['below_rule_confidence'] > 0:
-    relations = best_rule_confidence(kg, prepared_dir) < form['below_rule_confidence']
-  return relations[:, None] & heads[None, :]
+  return np.broadcast_to(heads[None, :], (2 * kg.num_relations, kg.num_entities))
 
 
 # ============================================================================ features

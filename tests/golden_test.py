@@ -70,7 +70,9 @@ def base_config(raw, variant):
   config.decode.batch_size = 8
   config.decode.max_queries = -1
   config.decode.splits = 'valid,test'
-  config.train.steps_per_call = 1  # the landed loop: one call per step
+  config.train.steps_per_call = 1  # the landed loop: one call per step, no selection on valid
+  config.train.eval_every = 0
+  config.trajectories.also_direct = 'none'  # the landed default
   # The landed decoder: the direct answers compete for the beam's slots, one scoring rule.
   config.decode.complete_direct = False
   config.decode.direct_weight = 'model'

@@ -145,18 +145,18 @@ def test_resume_accepts_keys_added_later_at_their_default(tmp_path):
   path = os.path.join(workdir, 'train_config.json')
   with open(path) as f:
     saved = json.load(f)
-  del saved['trajectories']['image_direct_min_confidence']  # as written before the key existed
+  del saved['trajectories']['negative_share']  # as written before the key existed
   with open(path, 'w') as f:
     json.dump(saved, f)
-  with pytest.raises(ValueError, match='trajectories.image_direct_min_confidence'):
+  with pytest.raises(ValueError, match='trajectories.negative_share'):
     checkpoints.check_resume_config(config, workdir)  # no defaults given: a difference
-  config.trajectories.image_direct_min_confidence = 0.5
-  with pytest.raises(ValueError, match='trajectories.image_direct_min_confidence'):
+  config.trajectories.negative_share = 0.5
+  with pytest.raises(ValueError, match='trajectories.negative_share'):
     checkpoints.check_resume_config(config, workdir, default.get_config())  # not the default
-  config.trajectories.image_direct_min_confidence = 0.0
+  config.trajectories.negative_share = default.get_config().trajectories.negative_share
   checkpoints.check_resume_config(config, workdir, default.get_config())
-  with open(path) as f:
-    assert json.load(f)['trajectories']['image_direct_min_confidence'] == 0.0  # key recorded
+  with open(path) as f:  # key recorded
+    assert json.load(f)['trajectories']['negative_share'] == config.trajectories.negative_share
   config.model.emb_dim += 1
   with pytest.raises(ValueError, match=r"\['model.emb_dim'\]"):
     checkpoints.check_resume_config(config, workdir, default.get_config())

@@ -38,6 +38,7 @@ def small_config():
   config.rules.num_walks = 4000
   config.trajectories.num_shards = 3
   config.trajectories.negative_share = 0.25
+  config.trajectories.also_direct = 'none'  # direct trajectories only for ungrounded queries
   config.train.batch_size = 4
   config.train.shuffle_buffer = 64
   return config
@@ -231,46 +232,3 @@ def test_also_direct_rejects_unknown_mode():
   kg = composition_kg()
   with pytest.raises(ValueError, match='trajectories.also_direct'):
     trajectories.also_direct_mask(kg, kg.with_inverses('train'), 'images')
-
-
-def test_image_direct_repeat_copies_only_ungrounded_image_head_direct_trajectories():
-  kg = composition_kg()
-  # A fact no path can give: every product has its own label, reached by no other edge.
-  kg = make_kg([(kg.entities[h], kg.relations[r], kg.entities[t]) for h, r, t in kg.train]
-               + [(f'p{p}', 'label', f'l{p}') for p in range(12)])
-  kg.images = {f'p{p}': [f'/img/p{p}.jpg'] for p in range(0, 12, 2)}
-  config = small_config()
-  config.trajectories.negative_share = 0.0
-  config.trajectories.also_direct = 'image_heads'
-  graph = train_graph.TrainGraph(kg.train, kg.num_entities, kg.num_relations)
-  ruleset = rules.mine_rules(kg, config, graph=graph)
-  once, stats1 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
-  config.trajectories.image_direct_repeat = 3
-  thrice, stats3 = trajectories.assemble(kg, config, graph, ruleset, None, 0)
-  image_tokens = kg.space.entity_token(np.asarray([kg.entity_id(n) for n in kg.images]))
-
-  def count(traj, image, grounded):
-    rule = traj.kind == prepared_lib.KIND_RULE
-    with_path = set(zip(traj.head_token[rule], traj.relation_token[rule], traj.target[rule]))
-    has_path = np.asarray([q in with_path for q in zip(traj.head_token, traj.relation_token,
-                                                       traj.target)], bool)
-    direct = traj.kind == prepared_lib.KIND_DIRECT
-    return int((direct & (np.isin(traj.head_token, image_tokens) == image)
-                & (has_path == grounded)).sum())
-  assert count(thrice, True, False) == 3 * count(once, True, False) > 0
-  assert count(thrice, True, True) == count(once, True, True) > 0  # grounded: one copy
-  assert count(thrice, False, False) == count(once, False, False)
-  assert stats3['direct_unique'] == stats1['direct_unique'] == stats1['direct']
-  np.testing.assert_array_equal(thrice.kind[thrice.kind != prepared_lib.KIND_DIRECT],
-                                once.kind[once.kind != prepared_lib.KIND_DIRECT])
-  # Above every rule's confidence no path counts: grounded image-head queries are repeated too.
-  config.trajectories.image_direct_min_confidence = 1.01
-  strict, stats = trajectories.assemble(kg, config, graph, ruleset, None, 0)
-  assert count(strict, True, True) == 3 * count(once, True, True)
-  assert count(strict, True, False) == count(thrice, True, False)
-  assert count(strict, False, True) == count(once, False, True)
-  assert stats['direct_repeated'] == 2 * (count(once, True, True) + count(once, True, False))
-  config.trajectories.image_direct_min_confidence = 0.0
-  config.trajectories.image_direct_repeat = 0
-  with pytest.raises(ValueError, match='image_direct_repeat'):
-    trajectories.assemble(kg, config, graph, ruleset, None, 0)
