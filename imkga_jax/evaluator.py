@@ -217,9 +217,8 @@ class ValidSelector:
                  self.best_mrr)
     if mrr > self.best_mrr:
       self.best_step, self.best_mrr = int(step), float(mrr)
-      if jax.process_index() == 0:
-        from imkga_jax import checkpoints  # pylint: disable=g-import-not-at-top
-        checkpoints.save_best(self.workdir, step, params, self.kg, mrr)
+      from imkga_jax import checkpoints  # pylint: disable=g-import-not-at-top
+      checkpoints.save_best(self.workdir, step, params, self.kg, mrr)  # every process: orbax syncs
     if jax.process_index() == 0:
       files.write_json(self.path, {'history': self.history, 'best_step': self.best_step,
                                    'best_mrr': self.best_mrr})

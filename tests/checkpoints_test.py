@@ -29,6 +29,7 @@ def trained(prepared_workdir, tmp_path_factory):  # pylint: disable=redefined-ou
   raw, _ = prepared_workdir
   workdir = train_test.fresh_workdir(prepared_workdir, tmp_path_factory.mktemp('ckpt'))
   config = train_test.tiny_config(raw)
+  config.train.eval_every = 0  # no selection on valid: restoring falls back through the steps
   train.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(checkpoints.directory(workdir))) == ['3', '6']
   return workdir, config
