@@ -49,7 +49,7 @@ def measure(name: str, paths: list[str], printed: list[str]) -> dict:
   features = default.get_config().features
   t = time.perf_counter()
   try:
-    engine = ocr.make_engine(name, features.ocr_det_limit_side_len)
+    engine = ocr.make_engine(name)
   except ImportError as e:
     return {'engine': name, 'error': str(e).split(':')[0]}
   load = time.perf_counter() - t

@@ -42,9 +42,9 @@ MODEL_DEFAULTS = {
 
 # Exceptions by dataset. The synthetic KG has ~2.9k entities and ~53k train examples with reciprocals:
 # TransE's L1 distance to every entity costs [batch, E, dim] per step there, so it is trained with
-# negative sampling as in its paper; TuckER's KvsAll BCE barely moves in 30 epochs there (test MRR
-# 0.057, mostly all-zero labels over 2.9k entities) while 1vsAll CE learns (see benchmarks/RESULTS.md);
-# and fewer epochs suffice (ComplEx plateaus after ~8).
+# negative sampling as in its paper; TuckER's KvsAll BCE barely moves in 30 epochs there (mostly
+# all-zero labels over 2.9k entities) while 1vsAll CE learns (benchmarks/RESULTS.md, baselines); and
+# fewer epochs suffice.
 BASE_OVERRIDES = {
     'synthetic': dict(num_epochs=30, eval_every=3, patience=4),
     ('transe', 'synthetic'): dict(training='negsample'),

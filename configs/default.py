@@ -134,12 +134,8 @@ def _defaults() -> ml_collections.ConfigDict:
   # Eq. 3-7 attention block: segments the raw vector is cut into (must divide its size) and width.
   config.features.ae_segments = 8
   config.features.ae_hidden = 64
-  # rapidocr detector: upsample images whose short side is below this (rapidocr's own default 736).
-  config.features.ocr_det_limit_side_len = 224
   # Drop OCR lines shorter than this many characters (lone glyphs are shapes read as letters).
   config.features.ocr_min_chars = 2
-  # Run OCR on a second thread while VGG16 runs.
-  config.features.concurrent_ocr = True
   # Largest image (width x height) decoded; a larger one is counted and logged as unreadable before
   # its pixels are decoded (Pillow's decompression-bomb limit is set to it). 40 MP is a 7300x5500
   # photo, ~120 MB decoded; VGG16 and OCR read 224x224 here.
@@ -154,8 +150,6 @@ def _defaults() -> ml_collections.ConfigDict:
   config.rules.min_confidence = 0.1
   # Sampled start entities when scoring a body with sparse products (bounds the cost on hubs).
   config.rules.sample_rows = 5000
-  # Cap on (X, Y) pairs one sparse product may yield; fewer start rows are used above it.
-  config.rules.max_pairs_per_product = 2_000_000
   # Graphs with at most this many entities are scored exactly with dense matmuls (E^2 per matrix).
   config.rules.dense_max_entities = 256
   # Random walks sampled per body length (2, 3) to propose rule bodies, spread evenly over heads.
@@ -247,7 +241,6 @@ def _defaults() -> ml_collections.ConfigDict:
   config.train.num_steps = 5000
   config.train.log_every = 100
   config.train.checkpoint_every = 1000
-  config.train.max_to_keep = 3
   # Shuffle buffer of the tf.data pipeline.
   config.train.shuffle_buffer = 50_000
   # Optimisation steps per jitted call (a lax.scan over that many batches): XLA allocates the step's

@@ -213,7 +213,7 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
   paths = [list(p) for _, p in listed]             # every image of an entity, tried in order
   timings = {}
   start = time.perf_counter()
-  engine = ocr_lib.make_engine(fc.ocr_engine, fc.ocr_det_limit_side_len)
+  engine = ocr_lib.make_engine(fc.ocr_engine)
   cache = os.path.join(prepared_dir, OCR_CACHE_FILE)
 
   ocr_report, vgg_report = {}, {}
@@ -226,7 +226,7 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
     return out
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-    ocr_future = pool.submit(run_ocr) if fc.concurrent_ocr else None
+    ocr_future = pool.submit(run_ocr)  # OCR on a second thread while VGG16 runs
     t = time.perf_counter()
     params, preprocess = vgg16_weights.load_or_init(fc.vgg_weights, config.seed)
     vectors, ok = vgg16.extract_features(paths, params, preprocess=preprocess, layer=fc.vgg_layer,
@@ -234,7 +234,7 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
                                          max_pixels=fc.max_image_pixels, report=vgg_report)
     del params
     timings['vgg_seconds'] = round(time.perf_counter() - t, 2)
-    texts, ocr_stats = ocr_future.result() if ocr_future else run_ocr()
+    texts, ocr_stats = ocr_future.result()
   image_vector = np.zeros((num, vectors.shape[1]), np.float32)
   image_present = np.zeros(num, bool)
   image_vector[ids], image_present[ids] = vectors, ok

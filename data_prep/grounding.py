@@ -90,7 +90,7 @@ def ground_paths(graph: TrainGraph, ruleset: RuleSet, queries: np.ndarray, *, pa
   count = np.zeros(len(queries), np.int64)
   out_q, out_rel, out_ent, out_hops, out_conf = [], [], [], [], []
   heads = [h for h in sorted(ruleset.rules) if ruleset.rules[h]]
-  for head in tqdm.tqdm(heads, desc='grounding paths', leave=False, mininterval=2.0):
+  for head in tqdm.tqdm(heads, desc='grounding paths', unit='heads', leave=False, mininterval=2.0):
     mine = np.flatnonzero((queries[:, 1] == head) & (queries[:, 0] != queries[:, 2]))
     for confidence, body in ruleset.rules[head]:
       if len(body) > max_length:

@@ -80,7 +80,12 @@ class EasyOcrEngine:
     return [str(t) for t in self._reader.readtext(image, detail=0, paragraph=False)]
 
 
-def make_engine(name: str, det_limit_side_len: int = 224) -> OcrEngine:
+# rapidocr's detector upsamples images whose short side is below this (its own default is 736; 224
+# is the image side VGG16 reads, and text a person can read there is found).
+DET_LIMIT_SIDE_LEN = 224
+
+
+def make_engine(name: str, det_limit_side_len: int = DET_LIMIT_SIDE_LEN) -> OcrEngine:
   """The engine called `name` (config key features.ocr_engine)."""
   if name == 'rapidocr':
     return RapidOcrEngine(det_limit_side_len=det_limit_side_len)

@@ -75,12 +75,20 @@ def input_manifest(config: ml_collections.ConfigDict, root: str) -> list[dict[st
 LOCATION_KEYS = {'data': ('name', 'cache_dir', 'url')}
 
 
+# Keys that became constants, with the value they had: counted as present, so workdirs prepared
+# while they were config keys stay up to date.
+RETIRED_KEYS = {'features': {'concurrent_ocr': True, 'ocr_det_limit_side_len': 224},
+                'rules': {'max_pairs_per_product': 2_000_000}}
+
+
 def _fingerprinted(key: str, value: Any) -> Any:
-  """The JSON value of config section `key` as the fingerprint sees it (`LOCATION_KEYS` left out;
-  `features.vgg_weights` 'random' counted as '', its older spelling, so old workdirs match)."""
+  """The JSON value of config section `key` as the fingerprint sees it (`LOCATION_KEYS` left out,
+  `RETIRED_KEYS` put back; `features.vgg_weights` 'random' counted as '', its older spelling, so old
+  workdirs match)."""
   value = json.loads(value.to_json()) if hasattr(value, 'to_json') else value
   if isinstance(value, dict):
     value = {k: v for k, v in value.items() if k not in LOCATION_KEYS.get(key, ())}
+    value.update(RETIRED_KEYS.get(key, {}))
     if key == 'features' and value.get('vgg_weights') == 'random':
       value['vgg_weights'] = ''
   return value

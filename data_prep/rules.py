@@ -16,7 +16,7 @@ Mining (`mine_rules`):
    body groundings; groundings with a repeated entity are subtracted (for n = 3: A1 = Y or A2 = X, by
    inclusion–exclusion). Graphs with ≤ `dense_max_entities` entities are scored exactly with dense
    matmuls. Larger ones use scipy.sparse products on a sample of ≤ `sample_rows` start entities X,
-   further cut so that one product yields at most `max_pairs_per_product` (X, Y) pairs (its upper
+   further cut so that one product yields at most `PAIRS_PER_SAMPLED_ROW · sample_rows` (X, Y) pairs (its upper
    bound, row by row, is known before multiplying). This bounds the cost on hubs. Support and body
    groundings are counted on the rows actually scored: confidence is their ratio, and `min_support`
    must be met there (a sampled rule needs real evidence, not an extrapolated count).
@@ -49,6 +49,8 @@ from imkga_jax import kg as kg_lib
 
 # Largest 2R·E² of the dense scorer's adjacency tensor (float32 entries; it keeps three copies).
 DENSE_LIMIT = 1 << 24
+# A sparse product yields at most this many (X, Y) pairs per sampled start row on average.
+PAIRS_PER_SAMPLED_ROW = 400
 
 
 @dataclasses.dataclass
@@ -249,7 +251,7 @@ def _score_bodies(g: TrainGraph, bodies: np.ndarray, cfg, rng: np.random.Generat
   for i, body in enumerate(bodies.tolist()):
     groups[tuple(body[:-1])].append(i)
   progress = tqdm.tqdm(sorted(groups.items()), desc=f'scoring {bodies.shape[1]}-hop bodies',
-                       leave=False, mininterval=2.0)
+                       unit='prefixes', leave=False, mininterval=2.0)
   # The dense scorer runs thousands of small GEMMs; on a busy 2-core box OpenBLAS's spinning
   # worker threads made Kinship mining 10x slower (benchmarks/RESULTS.md): one BLAS thread here.
   with threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
@@ -262,7 +264,7 @@ def _score_bodies(g: TrainGraph, bodies: np.ndarray, cfg, rng: np.random.Generat
           s, p = _score_dense(g, dense, prefix, lasts[chunk])
         else:
           s, p = _score_sparse(g, prefix, lasts[chunk], rng, cfg.sample_rows,
-                               cfg.max_pairs_per_product)
+                               PAIRS_PER_SAMPLED_ROW * cfg.sample_rows)
         support[idx[chunk]], pred[idx[chunk]] = s, p
   return support, pred
 

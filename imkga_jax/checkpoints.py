@@ -49,6 +49,7 @@ TRAIN_CONFIG_FILE = 'train_config.json'
 # Config sections a checkpoint depends on; resuming with different values is refused.
 CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
 CORRUPT_DIR = 'checkpoints_corrupt'
+MAX_TO_KEEP = 3  # newest training checkpoints kept (the one selected on valid is kept apart)
 LEGACY_ITEM = 'default'
 FORMAT = 2
 # What reading a damaged step raises (orbax/tensorstore: ValueError incl. JSONDecodeError; the file

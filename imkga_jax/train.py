@@ -284,7 +284,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
       required_by=config.model.variant if model.config.use_features else None), replicated)
 
   init, abstract, state_sharding = state_layout(config, model, tx, mesh)
-  manager = checkpoints.manager(workdir, config.train.max_to_keep)
+  manager = checkpoints.manager(workdir, checkpoints.MAX_TO_KEEP)
   restored = checkpoints.restore_state(
       workdir, manager, kg, checkpoints.restore_target(abstract.params, state_sharding.params),
       checkpoints.restore_target(abstract.opt_state, state_sharding.opt_state))

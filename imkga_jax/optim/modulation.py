@@ -149,9 +149,8 @@ def _leaf_labels(labels: Labels, tree: Any) -> list[str | None]:
   bad = [(jax.tree_util.keystr(p), l) for p, l in label_items
          if any(n is not None and not isinstance(n, str) for n in _names(l))]
   if bad:
-    raise ValueError(
-        f'modality_modulation: labels must be str or None (or PerIndex of them), got {bad[:5]}. '
-        'Give each parameter (or subtree) a modality name or None.')
+    raise ValueError(f'modality_modulation: labels must be str or None (or PerIndex of them), got '
+                     f'{bad[:5]}. Give each parameter (or subtree) a modality name or None.')
   try:
     subtrees = label_def.flatten_up_to(tree)
   except (ValueError, TypeError) as e:
@@ -165,9 +164,8 @@ def _leaf_labels(labels: Labels, tree: Any) -> list[str | None]:
            for (p, l), sub in zip(label_items, subtrees)
            if l is not None and not jax.tree.leaves(sub)]
   if empty:
-    raise ValueError(
-        f'modality_modulation: labels {empty} match no parameter (their subtree '
-        'is empty). Check the label tree (or label function) against params.')
+    raise ValueError(f'modality_modulation: labels {empty} match no parameter (their subtree is '
+                     'empty). Check the label tree (or label function) against params.')
   per_leaf = []
   for (path, label), sub in zip(label_items, subtrees):
     leaves = jax.tree.leaves(sub)
@@ -202,21 +200,16 @@ def _modalities(leaf_labels: Sequence[str | None],
   if expected is not None:
     unknown = sorted(set(found) - set(expected))
     if unknown:
-      raise ValueError(
-          f'modality_modulation: labels {unknown} are not among the declared '
-          f'modalities {sorted(expected)}. Add them to `modalities` or fix the '
-          'labels.')
+      raise ValueError(f'modality_modulation: labels {unknown} are not among the declared '
+                       f'modalities {sorted(expected)}. Add them to `modalities` or fix the labels.')
     missing = sorted(set(expected) - set(found))
     if missing:
-      raise ValueError(
-          f'modality_modulation: modalities {missing} match no parameter. Label '
-          'at least one parameter with each of them, or drop them from '
-          '`modalities`.')
+      raise ValueError(f'modality_modulation: modalities {missing} match no parameter. Label at '
+                       'least one parameter with each of them, or drop them from `modalities`.')
     found = sorted(expected)
   if len(found) < 2:
-    raise ValueError(
-        f'modality_modulation needs at least two modality labels, found {found}.'
-        ' Label the parameters of each modality branch with its name.')
+    raise ValueError(f'modality_modulation needs at least two modality labels, found {found}. '
+                     'Label the parameters of each modality branch with its name.')
   return tuple(found)
 
 
@@ -226,16 +219,14 @@ def _stack_values(values: Mapping[str, Any], names: tuple[str, ...],
   unknown = sorted(set(values) - set(names))
   missing = sorted(set(names) - set(values))
   if unknown or missing:
-    raise ValueError(
-        f'modality_modulation: {what} has unknown labels {unknown} and lacks '
-        f'labels {missing}; expected exactly one scalar for each of {list(names)}.')
+    raise ValueError(f'modality_modulation: {what} has unknown labels {unknown} and lacks labels '
+                     f'{missing}; expected exactly one scalar for each of {list(names)}.')
   out = []
   for name in names:
     value = jnp.asarray(values[name], jnp.float32)
     if value.shape != ():
-      raise ValueError(
-          f'modality_modulation: {what}[{name!r}] must be a scalar, got shape '
-          f'{value.shape}. Reduce it (e.g. mean over the batch) first.')
+      raise ValueError(f'modality_modulation: {what}[{name!r}] must be a scalar, got shape '
+                       f'{value.shape}. Reduce it (e.g. mean over the batch) first.')
     out.append(value)
   return jnp.stack(out)  # [M]
 
