@@ -68,18 +68,24 @@ def check_size(img: Image.Image, path: str, max_pixels: int) -> None:
                           over_limit=True)
 
 
-def decode_header(data: bytes, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-  """`(width, height)` from the header alone; `UnreadableImage` when over `max_pixels` or no image."""
+@contextlib.contextmanager
+def _reading(path: str):
+  """Turns what Pillow raises on bad bytes into `UnreadableImage` naming `path`."""
   try:
-    with Image.open(io.BytesIO(data)) as img:
-      check_size(img, path, max_pixels)
-      return img.size
+    yield
   except UnreadableImage:
     raise
   except Image.DecompressionBombError as e:
     raise UnreadableImage(path, f'{e}; not decoded', over_limit=True) from None
   except (OSError, ValueError, SyntaxError, EOFError) as e:
     raise UnreadableImage(path, f'{type(e).__name__}: {e}') from None
+
+
+def decode_header(data: bytes, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+  """`(width, height)` from the header alone; `UnreadableImage` when over `max_pixels` or no image."""
+  with _reading(path), Image.open(io.BytesIO(data)) as img:
+    check_size(img, path, max_pixels)
+    return img.size
 
 
 def decode(data: bytes, path: str, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -90,19 +96,12 @@ def decode(data: bytes, path: str, max_pixels: int = DEFAULT_MAX_PIXELS,
     UnreadableImage: more than `max_pixels` pixels (checked on the header, before decoding), or
       bytes Pillow cannot decode (truncated, not an image).
   """
-  try:
-    with Image.open(io.BytesIO(data)) as img:                # reads the header only
-      check_size(img, path, max_pixels)
-      rgb = img.convert('RGB')                               # decodes
-      if size is not None and rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-      return np.asarray(rgb, dtype=np.uint8)
-  except UnreadableImage:
-    raise
-  except Image.DecompressionBombError as e:
-    raise UnreadableImage(path, f'{e}; not decoded', over_limit=True) from None
-  except (OSError, ValueError, SyntaxError, EOFError) as e:
-    raise UnreadableImage(path, f'{type(e).__name__}: {e}') from None
+  with _reading(path), Image.open(io.BytesIO(data)) as img:   # reads the header only
+    check_size(img, path, max_pixels)
+    rgb = img.convert('RGB')                                    # decodes
+    if size is not None and rgb.size != (size, size):
+      rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def load(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None) -> np.ndarray:

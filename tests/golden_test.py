@@ -79,20 +79,6 @@ def base_config(raw, variant):
   return config
 
 
-def write_fake_features(workdir, config):
-  from imkga_jax import kg as kg_lib  # pylint: disable=g-import-not-at-top
-  kg = kg_lib.KnowledgeGraph.load(os.path.join(workdir, 'prepared'))
-  rng = np.random.default_rng(1)
-  e = kg.num_entities
-  present = rng.random(e) < 0.7
-  np.savez(os.path.join(workdir, 'prepared', 'features.npz'),
-           image_vector=rng.normal(size=(e, 16)).astype(np.float32), image_present=present,
-           ocr_text=np.array(['x'] * e), ocr_vector=rng.normal(size=(e, 8)).astype(np.float32),
-           ocr_present=present,
-           h_fig=rng.random((e, config.features.fig_dim)).astype(np.float32),
-           h_ocr=rng.random((e, config.features.ocr_dim)).astype(np.float32))
-
-
 # Decoding settings evaluated on each trained model. The landed tree's keys were: score='max' (now
 # aggregation 'max' with length_norm) or 'sum' (aggregation 'sum' without it); complete_last and
 # finish_width; decode.min_type_match=0.2 and decode.min_functionality=0.95 (now ranking.priors).
@@ -119,6 +105,7 @@ def golden_runs(base):
   from imkga_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from imkga_jax.baselines import train as baseline_train  # pylint: disable=g-import-not-at-top
   from configs import baselines  # pylint: disable=g-import-not-at-top
+  from tests.train_test import write_fake_features  # pylint: disable=g-import-not-at-top
   raw = golden_kg_folder(os.path.join(base, 'raw'))
   out = {}
   for variant in ('rl', 'mkg_rl'):
