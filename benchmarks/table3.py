@@ -114,13 +114,27 @@ def run(row: dict, log_dir: str, force: bool) -> float:
   return seconds
 
 
+def work_seconds(row: dict) -> float:
+  """The wall seconds of the work behind a row's metrics: for a `launch.py` row the sum of its
+  stages in `WORKDIR/timings.json` (a stage skipped as up to date keeps the time of the run that did
+  it, so a re-evaluation still counts the training), else the command's own time."""
+  path = os.path.join(row['workdir'], 'timings.json')
+  if row['kind'] != 'baseline' and os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      stages = json.load(f)
+    if row['kind'] == 'eval':  # its training is the source row's
+      return stages.get('eval', {}).get('seconds', row['seconds'])
+    return sum(s.get('seconds', 0.0) for s in stages.values())
+  return row['seconds']
+
+
 def result(row: dict) -> dict:
   """The JSON row of a finished run."""
   with open(os.path.join(row['workdir'], 'metrics.json'), encoding='utf-8') as f:
     metrics = json.load(f)
   keep = ('mrr', 'hits@1', 'hits@3', 'hits@10')
   out = {'model': row['model'], 'priors': row['priors'],
-         'command': 'python ' + shlex.join(row['argv']), 'wall_s': round(row['seconds'], 1)}
+         'command': 'python ' + shlex.join(row['argv']), 'wall_s': round(work_seconds(row), 1)}
   for split in ('valid', 'test'):
     if split in metrics:
       out[split] = {k: round(metrics[split]['both'][k], 4) for k in keep}

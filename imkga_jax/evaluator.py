@@ -51,7 +51,8 @@ def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.
       kg.space, beam_size=d.beam_size, max_len=prepared_lib.config_sequence_length(config),
       rtg_constants=rtg_lib.constants_from_config(config, kg.space),
       constraint=grammar.GraphConstraint.from_kg(kg) if d.constrained else None,
-      finish_width=d.finish_width, complete_last=d.complete_last, aggregation=d.aggregation,
+      finish_width=d.finish_width, complete_last=d.complete_last,
+      complete_direct=d.complete_direct, aggregation=d.aggregation,
       length_norm=d.length_norm, direct=prepared_lib.direct_table(kg, prepared_dir),
       batch_sharding=batch_sharding)
 

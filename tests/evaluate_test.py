@@ -498,3 +498,37 @@ def test_eval_splits_parses_and_rejects():
     config.decode.splits = bad
     with pytest.raises(ValueError, match='decode.splits'):
       evaluate.eval_splits(config)
+
+
+@pytest.mark.parametrize('complete_direct', [True, False])
+def test_build_decoder_passes_every_decode_key(tmp_path, monkeypatch, complete_direct):
+  """Each `decode.*` key that `make_decode_fn` takes reaches it with the config's value (the
+  direct answers are scored apart only when `decode.complete_direct` says so)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
+  kg = tiny_kg()
+  config = default.get_config('smoke')
+  config.model.variant = 'rl'
+  config.features.enabled = False
+  config.decode.complete_direct = complete_direct
+  config.decode.finish_width = 96
+  prepared.write_format(str(tmp_path), config)
+  seen = {}
+  real = decode.make_decode_fn
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(decode, 'make_decode_fn', spy)
+  model = imkga.build_model(config, kg.space.num_tokens)
+  fn = evaluator_lib.build_decoder(model, kg, config, str(tmp_path))
+  # direct_weight: the Evaluator mixes the two parts on the host (it may choose it on valid).
+  keys = [k for k in inspect.signature(real).parameters if k in config.decode and k != 'direct_weight']
+  assert {'beam_size', 'finish_width', 'complete_last', 'complete_direct', 'aggregation',
+          'length_norm'} <= set(keys)
+  assert {k: seen[k] for k in keys} == {k: config.decode[k] for k in keys}
+  params = model.init(jax.random.key(0), imkga.dummy_inputs(model.config, 2))['params']
+  table = {k: jnp.asarray(v) for k, v in features_of(kg).items()}
+  result = fn(params, table, jnp.asarray(kg.valid[:4], jnp.int32))
+  assert bool(np.isfinite(np.asarray(result.direct)).all()) == complete_direct
