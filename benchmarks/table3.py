@@ -152,8 +152,8 @@ def result(row: dict) -> dict:
 def markdown(args, results: list[dict], title: str) -> str:
   lines = [f'### {title}', '',
            f'`python benchmarks/table3.py {shlex.join(sys.argv[1:])}`. Filtered ranks, both '
-           'directions, every valid and test triple; `wall s` is each row\'s whole command on this '
-           '2-core CPU. IMKGA-SM chose its checkpoint and the weight of its direct answers against '
+           'directions, every valid and test triple; `wall s`: the work behind each row on this 2-core '
+           'CPU (IMKGA-SM: prepare + train + eval, an evaluation row its evaluation). IMKGA-SM chose its checkpoint and the weight of its direct answers against '
            'its paths (`direct w`) on valid; path / faithful: share of top-1 test answers with a path '
            'of at least one hop / of those paths walking only train edges.', '',
            '| model | priors | valid MRR | test MRR | H@1 | H@3 | H@10 | tail | head | direct w | '
