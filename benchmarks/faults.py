@@ -310,6 +310,9 @@ def build_cases(out: str, splits) -> list[Callable[[], None]]:
     @case(f'newest checkpoint {how}')
     def _(log, how=how):
       workdir = copy('corrupt_' + how.split()[0])
+      # The parameters selected on valid are kept apart (checkpoints_best/) and would be restored
+      # intact; without them evaluation must fall back through the training steps, probed here.
+      shutil.rmtree(os.path.join(workdir, checkpoints.BEST_DIR), ignore_errors=True)
       newest = os.path.join(checkpoints.directory(workdir), '6')
       for folder, _, names in os.walk(newest):
         for name in names:
