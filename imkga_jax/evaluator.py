@@ -31,24 +31,28 @@ from imkga_jax import rtg as rtg_lib
 from imkga_jax import step_models
 
 
+def branch_step_model(model: Any, config: ml_collections.ConfigDict):
+  """`(params, context) -> StepModel` of the branch `decode.branch` alone (only what decoding
+  reads runs)."""
+  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
+  branch = model.branches[step_models.branch_index(tuple(model.branches), config.decode.branch)]
+  return lambda params, context: step_models.imkga_step_model(
+      *imkga.select_branch(model, params, branch), context)
+
+
 def build_decoder(model: Any, kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict,
                   prepared_dir: str, batch_sharding: NamedSharding | None = None
                   ) -> decode.DecodeFn:
   """The jitted decoder of an IMKGA model for `config.decode`; the direct form is offered to the
   queries preparation trained it for (`prepared.direct_table`)."""
   from imkga_jax import sharding  # pylint: disable=g-import-not-at-top
-  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
   d = config.decode
-  branch = model.branches[step_models.branch_index(tuple(model.branches), d.branch)]
   shards = 1 if batch_sharding is None else sharding.batch_shards(batch_sharding)
   if d.batch_size % shards:
     raise ValueError(f'decode.batch_size={d.batch_size} must be divisible by the {shards} '
                      'devices of the data axis; set --config.decode.batch_size')
   return decode.make_decode_fn(
-      # Only the branch decoding reads runs.
-      lambda params, context: step_models.imkga_step_model(
-          *imkga.select_branch(model, params, branch), context),
-      kg.space, beam_size=d.beam_size, max_len=prepared_lib.config_sequence_length(config),
+      branch_step_model(model, config), kg.space, beam_size=d.beam_size, max_len=prepared_lib.config_sequence_length(config),
       rtg_constants=rtg_lib.constants_from_config(config, kg.space),
       constraint=grammar.GraphConstraint.from_kg(kg) if d.constrained else None,
       finish_width=d.finish_width, complete_last=d.complete_last,
@@ -192,13 +196,9 @@ class ValidSelector:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, kg: kg_lib.KnowledgeGraph,
                model: Any, table: Mapping[str, jax.Array]):
-    from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
     self.config, self.workdir, self.kg, self.table = config, workdir, kg, table
-    branch = model.branches[step_models.branch_index(tuple(model.branches), config.decode.branch)]
-    self._direct = decode.make_direct_fn(
-        lambda params, context: step_models.imkga_step_model(
-            *imkga.select_branch(model, params, branch), context),
-        kg.space, rtg_lib.constants_from_config(config, kg.space))
+    self._direct = decode.make_direct_fn(branch_step_model(model, config), kg.space,
+                                         rtg_lib.constants_from_config(config, kg.space))
     self.path = os.path.join(workdir, self.FILE)
     saved = {}
     if os.path.exists(self.path):
