@@ -44,6 +44,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.decode.batch_size = 8
   config.decode.finish_width = 16
   config.decode.max_queries = 6
+  config.train.select_queries = 6
   return config
 
 
@@ -246,9 +247,12 @@ def _defaults() -> ml_collections.ConfigDict:
   # Optimisation steps per jitted call (a lax.scan over that many batches): XLA allocates the step's
   # buffers once per call, and the host dispatches and syncs less. 1 = one call per step.
   config.train.steps_per_call = 10
-  # Model selection on the valid split: every this many steps the valid MRR of the direct answers
-  # is measured and the best parameters kept for evaluation (0 = off: the last checkpoint).
+  # Model selection on the valid split: every this many steps a seeded subset of valid is ranked as
+  # evaluation ranks it (beam search, direct weight chosen) and the best parameters are kept for
+  # evaluation (0 = off: the last checkpoint).
   config.train.eval_every = 500
+  # ... on this many valid triples per direction (-1 = all).
+  config.train.select_queries = 300
   # ... and training stops after this many measurements without a better one (0 = never).
   config.train.patience = 4
 

@@ -226,6 +226,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('train.steps_per_call', integer(1)),
     ('train.eval_every', integer(0)),
     ('train.patience', integer(0)),
+    ('train.select_queries', ('-1 (all) or an integer >= 1', lambda v: _is_int(v) and (v == -1 or v >= 1))),
     ('mesh.shape', mesh_shape()),
     ('mesh.num_processes', integer(1)),
     ('mesh.process_id', integer(-1)),

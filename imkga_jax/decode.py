@@ -140,9 +140,12 @@ def _fold_dense(state: BeamState, score: jax.Array, step: int, space: kg_lib.Tok
   """Folds every ending `live prefix + entity e` at the last entity `step` (score `[b, K, E]`), whose
   `<eos>` at `step + 1` has probability 1, into the per-entity results: no path is materialised
   but each entity's best."""
-  b, _, e = score.shape
-  parent = jnp.argmax(score, axis=1).astype(jnp.int32)  # [b, E]
+  b, k, e = score.shape
   top = jnp.max(score, axis=1)  # [b, E]
+  # The first beam giving the best ending (argmax's choice; two plain reductions instead of XLA's
+  # variadic argmax reduce, which costs more than the rest of this fold on CPU).
+  beams = jnp.arange(k, dtype=jnp.int32)[None, :, None]
+  parent = jnp.min(jnp.where(score == top[:, None], beams, k), axis=1)  # [b, E]
   chosen = jnp.take_along_axis(state.seqs, parent[..., None], axis=1)  # [b, E, L]
   chosen = chosen.at[:, :, step].set(space.entity_token(jnp.arange(e, dtype=jnp.int32))[None])
   chosen = chosen.at[:, :, step + 1].set(kg_lib.EOS)
@@ -370,22 +373,6 @@ def query_context(space: kg_lib.TokenSpace, table: Any, queries: jax.Array) -> d
   heads, relations = queries[:, 0], queries[:, 1]
   return {'head_token': space.entity_token(heads), 'relation_token': space.relation_token(relations),
           **prepared.head_features(table, heads)}
-
-
-def make_direct_fn(step_model: Callable[[Any, dict[str, jax.Array]], step_models.StepModel],
-                   space: kg_lib.TokenSpace, rtg_constants: rtg_lib.RtgConstants,
-                   batch_sharding: NamedSharding | None = None) -> Callable[..., jax.Array]:
-  """`fn(params, feature table, queries [b, 3]) -> [b, E]`: the log-probability of each direct answer
-  `e <eos>` (the step-0 classifier; one model step, no beam), jitted. Training selects its
-  checkpoint by these on the valid split: it is cheap, and the direct answers carry the ranking."""
-  def fn(params, table, queries):
-    tokens = grammar.token_range(0, 3, space)
-    rtg = jnp.full((queries.shape[0], 1), rtg_constants.r_good, jnp.float32)
-    logits, _ = step_model(params, query_context(space, table, queries)).step(None, None, rtg, 0,
-                                                                             tokens)
-    logp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)  # [b, hi - lo]
-    return logp[:, space.entity_offset - tokens[0]:]  # [b, E]
-  return _jit(fn, batch_sharding)
 
 
 def _jit(fn, batch_sharding):

@@ -119,16 +119,19 @@ class Evaluator:
     return self.combined(result, self.direct_weight), result
 
   def split(self, split: str, explain_rows: list[dict[str, Any]] | None = None,
-            choose_weight: bool = False) -> dict[str, Any]:
+            choose_weight: bool = False, max_queries: int | None = None,
+            path_stats: bool = True, desc: str = '') -> dict[str, Any]:
     """Metrics of one split: tail, head, both, by relation, and path statistics (`paths`).
 
     With `choose_weight` every weight of `DIRECT_WEIGHTS` ranks the split (one decoding), the one
     with the best MRR (both directions) becomes `self.direct_weight`, and the metrics are its own;
-    `selection` then lists the MRR of each.
+    `selection` then lists the MRR of each. `max_queries` (None: `decode.max_queries`) ranks a
+    seeded subset of that many triples per direction; without `path_stats` (and `explain_rows`)
+    only the ranks are computed (`paths` is then absent).
     """
     d, kg = self.config.decode, self.kg
     weights = DIRECT_WEIGHTS if choose_weight else (self.direct_weight,)
-    edges = explain.TrainEdges(kg)
+    edges = explain.TrainEdges(kg) if path_stats or explain_rows is not None else None
     stats = {w: explain.PathStats() for w in weights}
     rows: dict[Any, list[dict[str, Any]]] = {w: [] for w in weights}
 
@@ -147,10 +150,12 @@ class Evaluator:
               for i, query in enumerate(queries))
 
     ranked = ranking.rank_split(score_fn, kg, split, batch_size=d.batch_size,
-                                max_queries=d.max_queries, priors=self.priors, on_batch=on_batch)
+                                max_queries=d.max_queries if max_queries is None else max_queries,
+                                priors=self.priors, desc=desc,
+                                on_batch=on_batch if path_stats or explain_rows is not None else None)
     summaries = {w: ranking.summarize(kg, ranked[w]) for w in weights}
     chosen = max(weights, key=lambda w: summaries[w]['both']['mrr']) if choose_weight else weights[0]
-    out = dict(summaries[chosen], paths=stats[chosen].as_dict())
+    out = dict(summaries[chosen], **({'paths': stats[chosen].as_dict()} if path_stats else {}))
     if choose_weight:
       self.direct_weight = chosen
       out['selection'] = {'direct_weight': 'model' if chosen is None else chosen,
@@ -186,19 +191,21 @@ def parse_query(kg: kg_lib.KnowledgeGraph, query: str) -> tuple[int, int]:
 class ValidSelector:
   """Model selection on the valid split during training (`train.eval_every`, `train.patience`).
 
-  Every evaluation ranks the valid split by the direct answers `e <eos>` (the step-0 classifier:
-  one model step per query, no beam search; `decode.make_direct_fn`), keeps the parameters with the
-  best MRR (both directions) in `WORKDIR/checkpoints_best/`, which evaluation restores, and asks to
-  stop after `train.patience` evaluations without a better one. The history is in
-  `WORKDIR/selection.json` (so a resumed run keeps counting).
+  Every evaluation ranks a seeded subset of the valid split (`train.select_queries` triples per
+  direction, the same ones each time) exactly as evaluation ranks it: beam search with the paths
+  and the direct answers, the ranking priors, and, with `decode.direct_weight='valid'`, every
+  weight of `DIRECT_WEIGHTS` (the best one's MRR counts). It keeps the parameters with the best MRR
+  (both directions) in `WORKDIR/checkpoints_best/`, which evaluation restores, and asks to stop
+  after `train.patience` evaluations without a better one. The history (MRR and chosen weight per
+  evaluation) is in `WORKDIR/selection.json` (so a resumed run keeps counting).
   """
   FILE = 'selection.json'
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, kg: kg_lib.KnowledgeGraph,
                model: Any, table: Mapping[str, jax.Array]):
-    self.config, self.workdir, self.kg, self.table = config, workdir, kg, table
-    self._direct = decode.make_direct_fn(branch_step_model(model, config), kg.space,
-                                         rtg_lib.constants_from_config(config, kg.space))
+    self.config, self.workdir, self.kg = config, workdir, kg
+    decode_fn = build_decoder(model, kg, config, os.path.join(workdir, 'prepared'))
+    self._evaluator = Evaluator(config, kg, None, table, decode_fn)
     self.path = os.path.join(workdir, self.FILE)
     saved = {}
     if os.path.exists(self.path):
@@ -208,16 +215,19 @@ class ValidSelector:
     self.best_step, self.best_mrr = saved.get('best_step'), saved.get('best_mrr', -1.0)
 
   def evaluate(self, step: int, params: Any) -> bool:
-    """Ranks valid with `params` of `step`; True when training should stop."""
-    ranked = ranking.rank_split(
-        lambda q: self._direct(params, self.table, jnp.asarray(q, jnp.int32)), self.kg, 'valid',
-        batch_size=max(self.config.decode.batch_size, 128), desc='select')
-    mrr = ranking.summarize(self.kg, ranked)['both']['mrr']
-    self.history.append({'step': int(step), 'valid_mrr': float(mrr)})
-    logging.info('step %d: valid MRR of the direct answers %.4f (best %.4f)', step, mrr,
+    """Ranks the valid subset with `params` of `step`; True when training should stop."""
+    d, ev = self.config.decode, self._evaluator
+    ev.params, ev.direct_weight = params, direct_weight_of(d.direct_weight)
+    metrics = ev.split('valid', choose_weight=d.direct_weight == 'valid',
+                       max_queries=self.config.train.select_queries, path_stats=False,
+                       desc='select')
+    mrr = float(metrics['both']['mrr'])
+    weight = metrics.get('selection', {}).get('direct_weight', d.direct_weight)
+    self.history.append({'step': int(step), 'valid_mrr': mrr, 'direct_weight': weight})
+    logging.info('step %d: valid MRR %.4f (direct weight %s; best %.4f)', step, mrr, weight,
                  self.best_mrr)
     if mrr > self.best_mrr:
-      self.best_step, self.best_mrr = int(step), float(mrr)
+      self.best_step, self.best_mrr = int(step), mrr
       from imkga_jax import checkpoints  # pylint: disable=g-import-not-at-top
       checkpoints.save_best(self.workdir, step, params, self.kg, mrr)  # every process: orbax syncs
     if jax.process_index() == 0:

@@ -353,7 +353,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
       checkpoints.save(manager, step, state.params, state.opt_state, kg)
     if selector is not None and ('eval' in events or step == t.num_steps):
       stop = selector.evaluate(step, state.params)
-      writer.write_scalars(step, {'valid_mrr_direct': selector.history[-1]['valid_mrr']})
+      writer.write_scalars(step, {'valid_mrr_selection': selector.history[-1]['valid_mrr']})
       if stop:
         if step % t.checkpoint_every:
           checkpoints.save(manager, step, state.params, state.opt_state, kg)
