@@ -51,7 +51,8 @@ def load(args):
   prepared = os.path.join(args.workdir, 'prepared')
   kg = kg_lib.KnowledgeGraph.load(prepared)
   table = {k: jnp.asarray(v) for k, v in prepared_lib.load_features(
-      prepared, kg.num_entities, config.features.fig_dim, config.features.ocr_dim).items()}
+      prepared, kg.num_entities, config.features.fig_dim, config.features.ocr_dim,
+      max_mentions=config.features.max_mentions, entity_offset=kg.space.entity_offset).items()}
   return config, kg, table
 
 

@@ -80,7 +80,8 @@ def bench_train(name: str, config, steps: int) -> dict:
   e, b, length = space.num_entities, config.train.batch_size, model.config.num_steps
   table = {'fig': jnp.asarray(rng.random((e, config.features.fig_dim)), jnp.float32),
            'ocr': jnp.asarray(rng.random((e, config.features.ocr_dim)), jnp.float32),
-           'fig_present': jnp.ones((e,), bool), 'ocr_present': jnp.ones((e,), bool)}
+           'fig_present': jnp.ones((e,), bool), 'ocr_present': jnp.ones((e,), bool),
+           'mentions': jnp.full((e, config.features.max_mentions), -1, jnp.int32)}
   batch = {'head_token': rng.integers(space.entity_offset, space.num_tokens, b).astype(np.int32),
            'relation_token': rng.integers(4, space.entity_offset, b).astype(np.int32),
            'target': rng.integers(0, e, b).astype(np.int32),
@@ -138,7 +139,8 @@ def bench_decode(size: str, beam: int, cached: bool, batch: int, batches: int) -
   features = {'fig': np.zeros((space.num_entities, config.features.fig_dim), np.float32),
               'ocr': np.zeros((space.num_entities, config.features.ocr_dim), np.float32),
               'fig_present': np.zeros(space.num_entities, bool),
-              'ocr_present': np.zeros(space.num_entities, bool)}
+              'ocr_present': np.zeros(space.num_entities, bool),
+              'mentions': np.full((space.num_entities, config.features.max_mentions), -1, np.int32)}
 
   def queries():
     return np.stack([rng.integers(0, space.num_entities, batch),

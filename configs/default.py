@@ -125,6 +125,10 @@ def _defaults() -> ml_collections.ConfigDict:
   # Character n-gram orders hashed into the OCR vector (inclusive range).
   config.features.ngram_min = 1
   config.features.ngram_max = 3
+  # Entities the OCR text of an image names (distinctive words of their names or entity texts,
+  # data_prep/mentions.py), kept per entity: evidence for the direct answer whose weight per
+  # relation the model learns (0 = off).
+  config.features.max_mentions = 4
   # Reduced sizes (paper: h_fig 8, h_ocr 3).
   config.features.fig_dim = 8
   config.features.ocr_dim = 3

@@ -4,7 +4,7 @@
 time) on one image of every entity that has images: the first, in name order, that is a readable
 regular file of at most `features.max_image_pixels` pixels (`images.py`; the ones before it are
 counted and logged as unreadable, the ones after it as unused). It vectorises the OCR text
-(`text_vector.py`), then reduces each modality with the Eq. 3–7 attention block + autoencoder,
+(`text_vector.py`), finds the entities it names (`mentions.py`), then reduces each modality with the Eq. 3–7 attention block + autoencoder,
 trained on reconstruction, to `h_fig` (8-d) and `h_ocr` (3-d).
 
 Our reading of the paper's §3.1 (Eq. 3–7), per modality φ ∈ R^D (one block and one autoencoder
@@ -42,6 +42,7 @@ import optax
 import tqdm
 
 from data_prep import images as images_lib
+from data_prep import mentions
 from data_prep import ocr as ocr_lib
 from data_prep import text_vector
 from data_prep import vgg16
@@ -254,9 +255,13 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
   h_fig, fig_loss = reduce_features(image_vector, image_present, fc.fig_dim, fc, config.seed)
   h_ocr, ocr_loss = reduce_features(ocr_vector, ocr_present, fc.ocr_dim, fc, config.seed + 1)
   timings['ae_seconds'] = round(time.perf_counter() - t, 2)
+  named = mentions.named_entities(kg.entities, kg.entity_text,
+                                  [t if p else '' for t, p in zip(text, ocr_present)],
+                                  fc.max_mentions)
   files.atomic_save_npz(os.path.join(prepared_dir, FEATURES_FILE), image_vector=image_vector,
                         image_present=image_present, ocr_text=text.astype(str),
-                        ocr_vector=ocr_vector, ocr_present=ocr_present, h_fig=h_fig, h_ocr=h_ocr)
+                        ocr_vector=ocr_vector, ocr_present=ocr_present, h_fig=h_fig, h_ocr=h_ocr,
+                        mentions=named)
   unreadable = int((~ok).sum())
   if unreadable:
     logging.warning('features: %d of %d entities have no readable image (presence False)',
@@ -271,7 +276,8 @@ def _build_features(kg: kg_lib.KnowledgeGraph, config: ml_collections.ConfigDict
            'images_over_pixel_limit': vgg_report.get('files_over_pixel_limit', 0),
            'images_fallback': fallback, 'images_unused': int(unused),
            'ocr_image_mismatch': mismatch,
-           'ocr_nonempty': int(ocr_present.sum()), 'ocr_cache_hits': ocr_stats['ocr_cache_hits'],
+           'ocr_nonempty': int(ocr_present.sum()),
+           'ocr_naming_an_entity': int((named[:, :1] >= 0).sum()), 'ocr_cache_hits': ocr_stats['ocr_cache_hits'],
            'fig_ae_loss': fig_loss and round(fig_loss, 4),
            'ocr_ae_loss': ocr_loss and round(ocr_loss, 4),
            'vgg_weights': vgg16_weights.describe(fc.vgg_weights), **timings,

@@ -167,6 +167,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('features.ngram_max', integer(1)),
     ('features.fig_dim', integer(1)),
     ('features.ocr_dim', integer(1)),
+    ('features.max_mentions', integer(0)),
     ('features.ae_steps', integer(0)),
     ('features.ae_learning_rate', number(0, low_open=True)),
     ('features.ae_batch_size', integer(1)),

@@ -100,7 +100,9 @@ class Evaluator:
     kg = kg_lib.KnowledgeGraph.load(prepared)
     model, params, step = checkpoints.restore_params(config, workdir, kg)
     f = config.features
-    table = prepared_lib.load_features(prepared, kg.num_entities, f.fig_dim, f.ocr_dim)
+    table = prepared_lib.load_features(prepared, kg.num_entities, f.fig_dim, f.ocr_dim,
+                                       max_mentions=f.max_mentions,
+                                       entity_offset=kg.space.entity_offset)
     mesh = sharding.make_mesh(config.mesh)
     decode_fn = build_decoder(model, kg, config, prepared,
                               sharding.batch_sharding(mesh, config.mesh.rules))

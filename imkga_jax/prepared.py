@@ -5,7 +5,7 @@
 | file | written by | holds |
 |---|---|---|
 | `vocab.json`, `triples.npz` | `data_prep.prepare` (`KnowledgeGraph.save`) | names, texts, images; id triples |
-| `features.npz` | `data_prep.features` | per entity: `image_vector`, `image_present`, `ocr_text`, `ocr_vector`, `ocr_present`, `h_fig`, `h_ocr` |
+| `features.npz` | `data_prep.features` | per entity: `image_vector`, `image_present`, `ocr_text`, `ocr_vector`, `ocr_present`, `h_fig`, `h_ocr`, `mentions` (the entities its OCR text names, -1 after the last) |
 | `rules.json` | `data_prep.trajectories` | mined rules `{head relation: [[confidence, [body relations]], …]}` |
 | `trajectories/` | `data_prep.trajectories` | TFRecord shards: `query [4]`, `actions [L]`, `rtg [2, L]` |
 | `format.json` | `data_prep.trajectories` | `FORMAT_KEYS`: the sequence length and what preparation decided about the direct form |
@@ -49,9 +49,10 @@ QUERY_FIELDS = ('head_token', 'relation_token', 'target', 'kind')
 # Keys of an unpacked training batch.
 EXAMPLE_KEYS = ('head_token', 'relation_token', 'target', 'actions', 'rtg', 'kind')
 # Per-entity model inputs, and the features.npz arrays they come from.
-FEATURE_KEYS = ('fig', 'ocr', 'fig_present', 'ocr_present')
+# `mentions`: the tokens of the entities the head's OCR text names (-1 after the last).
+FEATURE_KEYS = ('fig', 'ocr', 'fig_present', 'ocr_present', 'mentions')
 FEATURE_SOURCES = {'fig': 'h_fig', 'ocr': 'h_ocr', 'fig_present': 'image_present',
-                   'ocr_present': 'ocr_present'}
+                   'ocr_present': 'ocr_present', 'mentions': 'mentions'}
 # Which query heads may answer in the direct form `t <eos>` (format.json `direct_form.heads`).
 DIRECT_HEADS = ('all', 'image_heads')
 FORMAT_KEYS = ('seq_len', 'direct_form')
@@ -115,17 +116,21 @@ def direct_table(kg: kg_lib.KnowledgeGraph, prepared_dir: str) -> np.ndarray:
 
 # ============================================================================ features
 def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: int,
-                  required_by: str | None = None) -> dict[str, np.ndarray]:
+                  required_by: str | None = None, max_mentions: int = 0,
+                  entity_offset: int = 0) -> dict[str, np.ndarray]:
   """Per-entity `FEATURE_KEYS` arrays from features.npz.
 
-  Without the file the table is zeros / False, which only variants that read no features may use:
-  `required_by` (the variant's name, when it reads them) makes a missing file an error naming it.
+  Without the file the table is zeros / False (no mentions), which only variants that read no
+  features may use: `required_by` (the variant's name, when it reads them) makes a missing file an
+  error naming it. `mentions` (`[E, max_mentions]`) holds tokens (entity id + `entity_offset`); a
+  file written without them (fake features in tests) names nothing.
   """
   file = path(prepared_dir, FEATURES_FILE)
   table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
            'ocr': np.zeros((num_entities, ocr_dim), np.float32),
            'fig_present': np.zeros((num_entities,), bool),
-           'ocr_present': np.zeros((num_entities,), bool)}
+           'ocr_present': np.zeros((num_entities,), bool),
+           'mentions': np.full((num_entities, max_mentions), -1, np.int32)}
   if not os.path.exists(file):
     if required_by:
       raise FileNotFoundError(
@@ -135,26 +140,31 @@ def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: i
     return table
   with np.load(file) as f:
     for key, source in FEATURE_SOURCES.items():
+      if key == 'mentions' and source not in f:
+        continue
       value = f[source]
       if value.shape != table[key].shape:
         raise ValueError(f'{file}: {source} has shape {value.shape}, expected {table[key].shape} '
                          '(features and config/KG disagree; re-run --mode=prepare)')
       table[key] = value.astype(table[key].dtype)
+  named = table['mentions']
+  table['mentions'] = np.where(named >= 0, named + entity_offset, -1).astype(np.int32)
   return table
 
 
 def head_features(table: Mapping[str, Any], heads: Any) -> dict[str, Any]:
   """The query heads' rows of the feature table (numpy or jax arrays; works inside jit): the one
   join of features to queries, for training and decoding alike."""
-  return {key: table[key][heads] for key in FEATURE_KEYS}
+  return {key: table[key][heads] for key in FEATURE_KEYS if key in table}
 
 
-def dummy_inputs(seq_len: int, fig_dim: int, ocr_dim: int, batch_size: int = 1
-                 ) -> dict[str, np.ndarray]:
+def dummy_inputs(seq_len: int, fig_dim: int, ocr_dim: int, batch_size: int = 1,
+                 max_mentions: int = 0) -> dict[str, np.ndarray]:
   """Zero model inputs of the right shapes and dtypes (for `init` and `jax.eval_shape`)."""
   b = batch_size
   return {'head_token': np.zeros((b,), np.int32), 'relation_token': np.zeros((b,), np.int32),
           'actions': np.zeros((b, seq_len), np.int32), 'rtg': np.zeros((b, seq_len), np.float32),
           'fig': np.zeros((b, fig_dim), np.float32), 'ocr': np.zeros((b, ocr_dim), np.float32),
           'fig_present': np.zeros((b,), bool), 'ocr_present': np.zeros((b,), bool),
+          'mentions': np.full((b, max_mentions), -1, np.int32),
           'token_keep': np.ones((b, 2 * seq_len), bool)}

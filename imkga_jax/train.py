@@ -281,7 +281,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
                      f'({jax.process_count()}) and by the data axis ({mesh.shape[config.mesh.axes[0]]})')
   table = jax.device_put(prepared.load_features(
       prepared_dir, kg.num_entities, config.features.fig_dim, config.features.ocr_dim,
-      required_by=config.model.variant if model.config.use_features else None), replicated)
+      required_by=config.model.variant if model.config.use_features else None,
+      max_mentions=config.features.max_mentions, entity_offset=kg.space.entity_offset), replicated)
 
   init, abstract, state_sharding = state_layout(config, model, tx, mesh)
   manager = checkpoints.manager(workdir, checkpoints.MAX_TO_KEEP)

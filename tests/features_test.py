@@ -87,7 +87,8 @@ def test_build_features_writes_the_contract(tiny_kg, tmp_path, monkeypatch):
   e = kg.num_entities
   expect = {'image_vector': ((e, 10), np.float32), 'image_present': ((e,), np.bool_),
             'ocr_vector': ((e, 32), np.float32), 'ocr_present': ((e,), np.bool_),
-            'h_fig': ((e, 8), np.float32), 'h_ocr': ((e, 3), np.float32)}
+            'h_fig': ((e, 8), np.float32), 'h_ocr': ((e, 3), np.float32),
+            'mentions': ((e, 4), np.int32)}
   assert set(f) == set(expect) | {'ocr_text'}
   for key, (shape, dtype) in expect.items():
     assert f[key].shape == shape and f[key].dtype == dtype, key
@@ -107,6 +108,13 @@ def test_build_features_writes_the_contract(tiny_kg, tmp_path, monkeypatch):
   read = {kg.entities[i]: str(f['ocr_text'][i]) for i in np.flatnonzero(f['image_present'])}
   exact = sum(read.get(n, '') == t for n, t in printed.items()) / len(printed)
   assert stats['ocr_brand_exact'] == pytest.approx(exact, abs=1e-4) and exact >= 10 / 12
+  # The brand printed on a product's image names the brand entity (`brand_<name>`) and nothing else.
+  named = {n: t for n, t in printed.items() if read.get(n) == t}
+  for name, text in named.items():
+    row = f['mentions'][kg.entity_id(name)]
+    assert row.tolist() == [kg.entity_id('brand_' + text.lower()), -1, -1, -1], name
+  assert not (f['mentions'][~f['ocr_present']] >= 0).any()
+  assert stats['ocr_naming_an_entity'] >= len(named) >= 10
   # Rerun: every image (the broken one too) comes from the OCR cache; same seed, same file.
   again = features.build_features(kg, config, out)
   assert again['ocr_cache_hits'] == 12

@@ -39,6 +39,9 @@ def random_inputs(cfg, batch=3, seed=0):
       'fig': rng.normal(size=(batch, cfg.fig_dim)).astype(np.float32),
       'ocr': rng.normal(size=(batch, cfg.ocr_dim)).astype(np.float32),
       'fig_present': np.ones(batch, bool), 'ocr_present': np.ones(batch, bool),
+      'mentions': np.where(rng.random((batch, cfg.max_mentions)) < 0.5, -1,
+                           rng.integers(4, cfg.vocab_size, (batch, cfg.max_mentions))
+                           ).astype(np.int32),
   }
 
 
@@ -293,3 +296,28 @@ def test_is_branch_stacked():
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     assert imkga.is_branch_stacked(path) == (jax.tree_util.keystr(path).startswith("['branches']"))
   assert imkga.is_branch_stacked((jax.tree_util.DictKey('params'), jax.tree_util.DictKey('branches')))
+
+
+def test_mention_evidence_moves_only_the_named_step0_logits_of_the_ocr_branches():
+  """The entities the head's OCR text names get +w_r at C_0 (w per query relation), on the ocr
+  and concat branches only; the parameter leaves every other initial value as it was, and the
+  cached step 0 reads the same evidence as the whole sequence."""
+  plain, named = tiny_config('mkg_rl'), tiny_config('mkg_rl', max_mentions=3)
+  _, p0 = init(plain)
+  model, p3 = init(named)
+  assert set(p3) - set(p0) == {'mention_weight'}
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves({k: p3[k] for k in p0})):
+    np.testing.assert_array_equal(a, b)
+  x = random_inputs(named, batch=2)
+  x['mentions'] = np.asarray([[VOCAB - 1, 7, -1], [-1, -1, -1]], np.int32)
+  x['relation_token'] = np.asarray([5, 5], np.int32)
+  weight = p3['mention_weight'].at[5].set(2.5)
+  before = np.asarray(model.apply({'params': p3}, x))
+  after = np.asarray(model.apply({'params': dict(p3, mention_weight=weight)}, x))
+  expect = np.zeros_like(before)
+  expect[1:, 0, 0, [VOCAB - 1, 7]] = 2.5  # branches (fig, ocr, concat): not fig
+  np.testing.assert_allclose(after - before, expect, atol=1e-5)
+  logits, _ = model.apply({'params': dict(p3, mention_weight=weight)},
+                          dict(x, actions=np.zeros((2, 0), np.int32), rtg=x['rtg'][:, :1]), 0,
+                          (4, VOCAB), method=imkga.IMKGA.decode_step, mutable=['cache'])
+  np.testing.assert_allclose(logits, after[:, :, 0, 4:], atol=1e-5)

@@ -100,6 +100,8 @@ class ModelConfig:
   dtype: str = 'float32'
   fig_dim: int = 8
   ocr_dim: int = 3
+  # Entities named by the head's OCR text per query (`mentions` input; 0 = none read).
+  max_mentions: int = 0
   # Run only this branch (decoding reads one branch; see `select_branch`). None = all branches.
   only_branch: str | None = None
 
@@ -125,6 +127,10 @@ class ModelConfig:
     return self.variant in ('mkg', 'mkg_rl')
 
   @property
+  def use_mentions(self) -> bool:
+    return self.use_features and self.max_mentions > 0
+
+  @property
   def branches(self) -> tuple[str, ...]:
     if self.only_branch is not None:
       return (self.only_branch,)
@@ -147,7 +153,8 @@ class ModelConfig:
                variant=m.variant, emb_dim=m.emb_dim, num_layers=m.num_layers,
                num_heads=m.num_heads, mlp_dim=m.mlp_dim, dropout_rate=m.dropout_rate,
                attention_dropout_rate=m.dropout_rate, dtype=m.dtype,
-               fig_dim=config.features.fig_dim, ocr_dim=config.features.ocr_dim)
+               fig_dim=config.features.fig_dim, ocr_dim=config.features.ocr_dim,
+               max_mentions=config.features.max_mentions)
 
 
 class Branch(nn.Module):
@@ -215,7 +222,9 @@ class IMKGA(nn.Module):
   with `inputs` a dict of `head_token [B]`, `relation_token [B]`,
   `actions [B, L]` (history; possibly Mask III'd), `rtg [B, L]` (R̂ variants),
   `fig [B, fig_dim]`, `ocr [B, ocr_dim]`, `fig_present [B]`, `ocr_present [B]`
-  (feature variants), optional `token_keep [B, 2L] bool` (Mask II). Other keys
+  (feature variants), `mentions [B, M]` (the tokens of the entities the head's
+  OCR text names, -1 after the last; feature variants with `max_mentions`),
+  optional `token_keep [B, 2L] bool` (Mask II). Other keys
   are ignored. Returns logits `[num_branches, B, L, vocab]` in
   `model.branches` order.
   """
@@ -269,7 +278,27 @@ class IMKGA(nn.Module):
     lo, hi = token_range if token_range is not None else (0, cfg.vocab_size)
     scale = jnp.asarray([_BIAS_SCALE[b] for b in cfg.branches], dtype)  # [K]
     logits = jnp.einsum('kble,ve->kblv', hidden, table[lo:hi])  # tied head, [K, B, L, V]
-    return logits + scale[:, None, None, None] * bias[lo:hi]
+    logits = logits + scale[:, None, None, None] * bias[lo:hi]
+    current = decode_step if decode_step is not None else output_step
+    if cfg.use_mentions and current in (None, 0):  # the logits at C_0 are among these
+      logits = logits.at[:, :, 0].add(self._mention_evidence(inputs, slots[:, 1], lo, hi))
+    return logits
+
+  def _mention_evidence(self, inputs: dict[str, Any], reads_ocr: jax.Array, lo: int, hi: int
+                        ) -> jax.Array:
+    """`[K, B, hi - lo]`: w_r at each entity the head's OCR text names (`mentions`,
+    data_prep/mentions.py), added to the step-0 logits (the direct answer `t <eos>`); w is learnt
+    per query relation from zero, on the branches that read the OCR text (`reads_ocr [K]`)."""
+    cfg, dtype = self.config, self.config.compute_dtype
+    weight = self.param('mention_weight', encoder.zeros_init(('vocab',)), (cfg.vocab_size,),
+                        jnp.float32)  # indexed by the relation token
+    named = jnp.asarray(inputs['mentions'], jnp.int32)  # [B, M] tokens, -1 = none
+    batch = named.shape[0]
+    inside = (named >= lo) & (named < hi)
+    hits = jnp.zeros((batch, hi - lo), dtype).at[
+        jnp.arange(batch)[:, None], jnp.where(inside, named - lo, hi - lo)].add(1.0, mode='drop')
+    w = jnp.take(weight, jnp.asarray(inputs['relation_token']), axis=0).astype(dtype)  # [B]
+    return reads_ocr.astype(dtype)[:, None, None] * (w[:, None] * hits)[None]
 
   def decode_step(self, inputs: dict[str, Any], step: int, token_range: tuple[int, int]
                   ) -> jax.Array:
@@ -306,7 +335,8 @@ def build_model(config: Any, num_tokens: int) -> IMKGA:
 
 def dummy_inputs(config: ModelConfig, batch_size: int = 1) -> dict[str, Any]:
   """Zero inputs of the right shapes and dtypes, for `init` / `jax.eval_shape`."""
-  return prepared.dummy_inputs(config.num_steps, config.fig_dim, config.ocr_dim, batch_size)
+  return prepared.dummy_inputs(config.num_steps, config.fig_dim, config.ocr_dim, batch_size,
+                               config.max_mentions)
 
 
 def _check_inputs(cfg: ModelConfig, inputs: dict[str, Any]) -> None:
@@ -316,6 +346,8 @@ def _check_inputs(cfg: ModelConfig, inputs: dict[str, Any]) -> None:
     required.append('rtg')
   if cfg.use_features:
     required += ['fig', 'ocr', 'fig_present', 'ocr_present']
+  if cfg.use_mentions:
+    required.append('mentions')
   missing = [k for k in required if k not in inputs]
   if missing:
     raise ValueError(f'IMKGA (variant {cfg.variant!r}): inputs lack {missing}; got '
@@ -326,7 +358,8 @@ def _check_inputs(cfg: ModelConfig, inputs: dict[str, Any]) -> None:
                      f'for {cfg.num_steps} (2*trajectories.max_hops+1); rebuild the model.')
   expect = {'head_token': (batch,), 'relation_token': (batch,), 'rtg': (batch, steps),
             'fig': (batch, cfg.fig_dim), 'ocr': (batch, cfg.ocr_dim), 'fig_present': (batch,),
-            'ocr_present': (batch,), 'token_keep': (batch, 2 * steps)}
+            'ocr_present': (batch,), 'token_keep': (batch, 2 * steps),
+            'mentions': (batch, cfg.max_mentions)}
   bad = {k: (tuple(jnp.shape(inputs[k])), v) for k, v in expect.items()
          if k in inputs and (k in required or k == 'token_keep')
          and tuple(jnp.shape(inputs[k])) != v}
