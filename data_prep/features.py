@@ -4,8 +4,8 @@
 time) on one image of every entity that has images: the first, in name order, that is a readable
 regular file of at most `features.max_image_pixels` pixels (`images.py`; the ones before it are
 counted and logged as unreadable, the ones after it as unused). It vectorises the OCR text
-(`text_vector.py`), finds the entities it names (`mentions.py`), then reduces each modality with the Eq. 3–7 attention block + autoencoder,
-trained on reconstruction, to `h_fig` (8-d) and `h_ocr` (3-d).
+(`text_vector.py`), finds the entities it names (`mentions.py`), then reduces each modality with
+the Eq. 3–7 attention block + autoencoder, trained on reconstruction, to `h_fig` (8-d) and `h_ocr` (3-d).
 
 Our reading of the paper's §3.1 (Eq. 3–7), per modality φ ∈ R^D (one block and one autoencoder
 for the image vector, another for the OCR vector; the paper's third block, for the structure

@@ -133,7 +133,8 @@ class Evaluator:
     """
     d, kg = self.config.decode, self.kg
     weights = DIRECT_WEIGHTS if choose_weight else (self.direct_weight,)
-    edges = explain.TrainEdges(kg) if path_stats or explain_rows is not None else None
+    per_batch = path_stats or explain_rows is not None  # anything beyond the ranks to collect
+    edges = explain.TrainEdges(kg) if per_batch else None
     stats = {w: explain.PathStats() for w in weights}
     rows: dict[Any, list[dict[str, Any]]] = {w: [] for w in weights}
 
@@ -154,7 +155,7 @@ class Evaluator:
     ranked = ranking.rank_split(score_fn, kg, split, batch_size=d.batch_size,
                                 max_queries=d.max_queries if max_queries is None else max_queries,
                                 priors=self.priors, desc=desc,
-                                on_batch=on_batch if path_stats or explain_rows is not None else None)
+                                on_batch=on_batch if per_batch else None)
     summaries = {w: ranking.summarize(kg, ranked[w]) for w in weights}
     chosen = max(weights, key=lambda w: summaries[w]['both']['mrr']) if choose_weight else weights[0]
     out = dict(summaries[chosen], **({'paths': stats[chosen].as_dict()} if path_stats else {}))

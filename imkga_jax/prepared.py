@@ -125,6 +125,9 @@ def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: i
   error naming it. `mentions` (`[E, max_mentions]`) holds tokens (entity id + `entity_offset`); a
   file written without them (fake features in tests) names nothing.
   """
+  if max_mentions and entity_offset <= 0:
+    raise ValueError(f'load_features: max_mentions={max_mentions} needs the entity_offset of the '
+                     'token space (kg.space.entity_offset) to turn entity ids into tokens')
   file = path(prepared_dir, FEATURES_FILE)
   table = {'fig': np.zeros((num_entities, fig_dim), np.float32),
            'ocr': np.zeros((num_entities, ocr_dim), np.float32),
@@ -155,7 +158,7 @@ def load_features(prepared_dir: str, num_entities: int, fig_dim: int, ocr_dim: i
 def head_features(table: Mapping[str, Any], heads: Any) -> dict[str, Any]:
   """The query heads' rows of the feature table (numpy or jax arrays; works inside jit): the one
   join of features to queries, for training and decoding alike."""
-  return {key: table[key][heads] for key in FEATURE_KEYS if key in table}
+  return {key: table[key][heads] for key in FEATURE_KEYS}
 
 
 def dummy_inputs(seq_len: int, fig_dim: int, ocr_dim: int, batch_size: int = 1,

@@ -265,7 +265,8 @@ def features_of(kg):
   return {'fig': np.zeros((kg.num_entities, 8), np.float32),
           'ocr': np.zeros((kg.num_entities, 3), np.float32),
           'fig_present': np.zeros(kg.num_entities, bool),
-          'ocr_present': np.zeros(kg.num_entities, bool)}
+          'ocr_present': np.zeros(kg.num_entities, bool),
+          'mentions': np.full((kg.num_entities, 0), -1, np.int32)}
 
 
 def stub_evaluator(kg, beam=None, batch_size=4, batch_sharding=None, direct=None, priors=()):

@@ -51,3 +51,22 @@ def test_an_entity_never_names_itself_and_empty_inputs_name_nothing():
   assert got.tolist() == [[-1, -1], [-1, -1]]                        # 'acme corp' is its own key
   assert mentions.named_entities(names, {}, ['', ''], 2).tolist() == [[-1, -1], [-1, -1]]
   assert mentions.named_entities(names, {}, ['acme corp 2'], 0).shape == (2, 0)
+
+
+def test_load_features_turns_mentions_into_tokens_and_needs_the_offset(tmp_path):
+  import pytest  # pylint: disable=g-import-not-at-top
+  from imkga_jax import prepared  # pylint: disable=g-import-not-at-top
+  e = 3
+  arrays = dict(h_fig=np.zeros((e, 2), np.float32), h_ocr=np.zeros((e, 2), np.float32),
+                image_present=np.ones(e, bool), ocr_present=np.ones(e, bool))
+  np.savez(tmp_path / prepared.FEATURES_FILE, **arrays,
+           mentions=np.asarray([[2, -1], [-1, -1], [0, 1]], np.int32))
+  table = prepared.load_features(str(tmp_path), e, 2, 2, max_mentions=2, entity_offset=10)
+  assert table['mentions'].tolist() == [[12, -1], [-1, -1], [10, 11]]
+  with pytest.raises(ValueError, match='mentions has shape'):
+    prepared.load_features(str(tmp_path), e, 2, 2, max_mentions=3, entity_offset=10)
+  with pytest.raises(ValueError, match='entity_offset'):
+    prepared.load_features(str(tmp_path), e, 2, 2, max_mentions=2)
+  np.savez(tmp_path / prepared.FEATURES_FILE, **arrays)  # written without mentions: none named
+  table = prepared.load_features(str(tmp_path), e, 2, 2, max_mentions=2, entity_offset=10)
+  assert (table['mentions'] == -1).all() and table['mentions'].shape == (e, 2)
