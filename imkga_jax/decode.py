@@ -6,7 +6,9 @@ every live beam, and gets the logits of the next token, for the token range the 
 there only; `imkga_jax.step_models` holds IMKGA-SM's cached step and the uncached reference.
 
 The loop is unrolled over the L = 2·max_hops + 1 positions (L is small and static, so every step has
-static shapes and its own token range). At step n the live beams `[batch, K]` are scored
+static shapes and its own token range). Step 0 reads one row per query (every beam would hold the
+same empty prefix: at WN18RR's 41k tokens and beam 256 that row alone cost 40 % of the search). At
+step n the live beams `[batch, K]` are scored
 (log-softmax in float32 over the allowed tokens only), then:
 
 * **finishing**: an *ending* is a live prefix followed by an entity; it becomes a finished path with
@@ -237,10 +239,11 @@ def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: 
     logprob, flat = lax.top_k(candidates.reshape(b, k * e), width)  # [b, width]
     return logprob, flat // e, flat % e + space.entity_offset
 
+  # Step 0 reads one row per query (every beam would hold the same empty prefix); its top-k spreads
+  # the K beams, and the cache rows follow their parent like at every other step.
   state = BeamState(
-      logprob=jnp.broadcast_to(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (b, k)),
-      seqs=jnp.full((b, k, l), kg_lib.PAD, jnp.int32),
-      rtg=jnp.full((b, k), c.r_good, jnp.float32), hops=jnp.zeros((b, k), jnp.int32), cache=None,
+      logprob=jnp.zeros((b, 1), jnp.float32), seqs=jnp.full((b, 1, l), kg_lib.PAD, jnp.int32),
+      rtg=jnp.full((b, 1), c.r_good, jnp.float32), hops=jnp.zeros((b, 1), jnp.int32), cache=None,
       direct=jnp.full((b, e), -jnp.inf, jnp.float32),
       score=jnp.full((b, e), -jnp.inf, jnp.float32), best=jnp.full((b, e), -jnp.inf, jnp.float32),
       path=jnp.full((b, e, l), kg_lib.PAD, jnp.int32))
@@ -279,8 +282,13 @@ def beam_search(model: step_models.StepModel, head_entity: jax.Array, *, space: 
       state = finish(state, space.token_to_entity(token), logprob + eos, hops, seqs, n + 1)
     if lo == kg_lib.EOS:
       candidates = candidates.at[..., 0].set(-jnp.inf)  # <eos> only finishes
-    logprob, flat = lax.top_k(candidates.reshape(b, k * width), k)  # [b, K]
-    parent, token = flat // width, flat % width + lo
+    rows = candidates.shape[1]  # 1 at step 0, else K
+    flat_candidates = candidates.reshape(b, rows * width)
+    if rows * width < k:  # fewer candidates than beams (step 0 of a small KG): the rest stay dead
+      flat_candidates = jnp.pad(flat_candidates, ((0, 0), (0, k - rows * width)),
+                                constant_values=-jnp.inf)
+    logprob, flat = lax.top_k(flat_candidates, k)  # [b, K]
+    parent, token = jnp.minimum(flat // width, rows - 1), flat % width + lo
     seqs, rtg, hops = extend(state, parent, token, n)
     state = state.replace(logprob=logprob, seqs=seqs, rtg=rtg, hops=hops,
                           cache=model.gather(cache, parent))
