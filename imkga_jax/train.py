@@ -331,15 +331,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
              disable=jax.process_index() > 0)
   step = start_step
   for k, batch in prefetch(stacked_batches(batches, step, t, batch_sharding, stacked)):
-    state, metrics = step_fn(k)(state, batch, table, rng)  # no host sync here
+    state, metrics = step_fn(k)(state, batch, table, rng)  # no host transfer here
+    if pending:  # one call queued behind the running one, not all: the bar counts finished steps
+      jax.block_until_ready(pending[-1][2])  # a wait, no transfer: the running call stays fed
+      bar.update(pending[-1][1])
     pending.append((step, k, metrics))
     step += k
-    bar.update(k)
     timer_steps += k
     events = [e for e, every in (('log', t.log_every), ('save', t.checkpoint_every),
                                  ('eval', t.eval_every)) if every and step % every == 0]
     if events or step == t.num_steps:
       last = check_finite(pending, workdir, manager)  # the metrics of the last step
+      bar.update(k)
       pending = []
     if 'log' in events or step == t.num_steps:
       elapsed = time.time() - timer_start
