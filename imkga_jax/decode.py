@@ -70,7 +70,8 @@ AGGREGATIONS = ('max', 'sum')
 
 @flax.struct.dataclass
 class BeamState:
-  """What the search carries from step to step; K = beam, L = max_len, E = entities."""
+  """What the search carries from step to step; K = beam (1 until step 0's top-k), L = max_len,
+  E = entities."""
   logprob: jax.Array     # [b, K] f32 live log-probs, -inf for empty/dead beams
   seqs: jax.Array        # [b, K, L] int32 live tokens, <pad> after the current step
   rtg: jax.Array         # [b, K] f32 R̂ fed with the next state token
