@@ -465,3 +465,24 @@ def test_branch_index():
 def test_tile_beams_repeats_each_query_in_a_row():
   tiled = step_models.tile_beams({'x': np.arange(3)}, 2)
   assert list(np.asarray(tiled['x'])) == [0, 0, 1, 1, 2, 2]
+
+
+def test_step_zero_reads_one_row_per_query_then_the_beam():
+  # Every beam holds the same empty prefix at step 0: the model sees one row per query there, K
+  # rows after (and the result is the exhaustive brute force's, as in the test above).
+  space = kg_lib.TokenSpace(num_relations=1, num_entities=3)
+  table, w = random_problem(5, space, 5)
+  inner = step_models.history_step_model(table_stub(table, w), 5)
+  rows = {}
+
+  def step(cache, prev_action, rtg, n, tokens):
+    rows[n] = rtg.shape
+    return inner.step(cache, prev_action, rtg, n, tokens)
+
+  model = step_models.StepModel(step, inner.gather)
+  result = jax.jit(lambda h: decode.beam_search(
+      model, h, space=space, beam_size=384, max_len=5, rtg_constants=constants(space)))(
+          jnp.asarray([0, 1], jnp.int32))
+  assert rows[0] == (2, 1) and all(rows[n] == (2, 384) for n in range(1, 4)), rows
+  expected = brute_force(table, w, 0, space, 5)
+  assert_matches(jax.device_get(result), 0, per_entity(expected, space))
