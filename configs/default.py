@@ -35,6 +35,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.num_heads = 2
   config.model.mlp_dim = 64
   config.train.batch_size = 16
+  config.train.direct_batch_size = 16
   config.train.num_steps = 6
   config.train.log_every = 3
   config.train.checkpoint_every = 3
@@ -251,6 +252,11 @@ def _defaults() -> ml_collections.ConfigDict:
   # Optimisation steps per jitted call (a lax.scan over that many batches): XLA allocates the step's
   # buffers once per call, and the host dispatches and syncs less. 1 = one call per step.
   config.train.steps_per_call = 10
+  # Direct trajectories `t <eos>` per step drawn as 2-step sequences beside the main batch (its
+  # loss added to the main batch's): the step-0 classifier over every entity trains on short
+  # sequences, and the main batch reads the other trajectories only. 0 = off: they are read in the
+  # main batch, padded to 2*max_hops+1 steps.
+  config.train.direct_batch_size = 256
   # Model selection on the valid split: every this many steps a seeded subset of valid is ranked as
   # evaluation ranks it (beam search, direct weight chosen) and the best parameters are kept for
   # evaluation (0 = off: the last checkpoint).

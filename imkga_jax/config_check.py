@@ -225,6 +225,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('train.checkpoint_every', integer(1)),
     ('train.shuffle_buffer', integer(1)),
     ('train.steps_per_call', integer(1)),
+    ('train.direct_batch_size', integer(0)),
     ('train.eval_every', integer(0)),
     ('train.patience', integer(0)),
     ('train.select_queries', ('-1 (all) or an integer >= 1', lambda v: _is_int(v) and (v == -1 or v >= 1))),

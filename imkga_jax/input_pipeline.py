@@ -34,8 +34,13 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from imkga_jax import prepared
+from imkga_jax.kg import EOS
 
 BUILDER_NAME = 'imkga_trajectories'
+# Column of the trajectory kind in the packed `query` feature.
+QUERY_KIND = prepared.QUERY_FIELDS.index('kind')
+# Steps of a direct trajectory `t <eos>`.
+DIRECT_STEPS = 2
 # Threads of the tf.data reader (its private pool keeps TensorFlow from taking every core).
 READER_THREADS = 2
 
@@ -77,7 +82,8 @@ def trajectory_info(prepared_dir: str) -> TrajectoryInfo:
 
 def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int | None = None,
                          process_count: int | None = None, seed: int | None = None,
-                         repeat: bool = True, skip_batches: int = 0):
+                         repeat: bool = True, skip_batches: int = 0,
+                         exclude_direct: bool = False):
   """This process's `tf.data.Dataset` of unpacked batches (see the module docstring).
 
   Args:
@@ -89,6 +95,8 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
     repeat: repeat forever (training) or stop after one pass over this process's examples.
     skip_batches: batches to drop first (a resumed run continues the stream it was reading: the
       batches after the skipped ones are those an uninterrupted run reads at that step).
+    exclude_direct: leave the direct trajectories `t <eos>` out (training draws them from
+      `read_direct` as short sequences instead, `train.direct_batch_size`).
 
   Returns:
     A `tf.data.Dataset` of dicts with the keys of `prepared.EXAMPLE_KEYS`, batch dimension
@@ -130,6 +138,8 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
   split = tfds.split_for_jax_process('train', process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
+  if exclude_direct:
+    ds = ds.filter(lambda x: x['query'][QUERY_KIND] != prepared.KIND_DIRECT)
   ds = ds.shuffle(int(config.train.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
@@ -154,7 +164,8 @@ def create_train_dataset(prepared_dir: str, config: Any, *, process_index: int |
 
 def create_train_iterator(prepared_dir: str, config: Any, *, process_index: int | None = None,
                           process_count: int | None = None, seed: int | None = None,
-                          skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                          skip_batches: int = 0, exclude_direct: bool = False
+                          ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this process's numpy batches (see `create_train_dataset`).
 
   `skip_batches` drops that many batches first (resuming at a step: the same stream continues).
@@ -167,5 +178,40 @@ def create_train_iterator(prepared_dir: str, config: Any, *, process_index: int 
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds = create_train_dataset(prepared_dir, config, process_index=process_index,
                             process_count=process_count, seed=seed, repeat=True,
-                            skip_batches=skip_batches)
+                            skip_batches=skip_batches, exclude_direct=exclude_direct)
   return iter(tfds.as_numpy(ds))
+
+
+def read_direct(prepared_dir: str) -> dict[str, np.ndarray]:
+  """Every direct trajectory `t <eos>` of the prepared folder, in stored order, cut to its
+  `DIRECT_STEPS` steps (one pass over the shards; every process reads them all).
+
+  Returns:
+    `{'head_token' [N], 'relation_token' [N], 'actions' [N, 2] int32, 'rtg' [N, 2, 2] float32}`:
+    the two return-to-go rows of each (true similarity, target unknown) as stored.
+
+  Example:
+    >>> read_direct(prepared)['actions'][0]                              # doctest: +SKIP
+    array([152,   2], dtype=int32)
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _import_tf()
+  ds = _builder(prepared_dir).as_dataset(split='train', shuffle_files=False)
+  parts = {'head_token': [], 'relation_token': [], 'actions': [], 'rtg': []}
+  for batch in tfds.as_numpy(ds.batch(8192)):
+    keep = batch['query'][:, QUERY_KIND] == prepared.KIND_DIRECT
+    parts['head_token'].append(batch['query'][keep, 0])
+    parts['relation_token'].append(batch['query'][keep, 1])
+    parts['actions'].append(batch['actions'][keep, :DIRECT_STEPS])
+    parts['rtg'].append(batch['rtg'][keep][:, :, :DIRECT_STEPS])
+  out = {key: np.concatenate(v) if v else np.zeros((0,), np.int32) for key, v in parts.items()}
+  out['head_token'] = out['head_token'].astype(np.int32)
+  out['relation_token'] = out['relation_token'].astype(np.int32)
+  out['actions'] = out['actions'].reshape(-1, DIRECT_STEPS).astype(np.int32)
+  out['rtg'] = out['rtg'].reshape(-1, 2, DIRECT_STEPS).astype(np.float32)
+  bad = np.flatnonzero(out['actions'][:, 1] != EOS)
+  if len(bad):
+    raise ValueError(f'{trajectories_dir(prepared_dir)}: {len(bad)} direct trajectories do not end '
+                     f'with <eos> after their answer (first: actions {out["actions"][bad[0]]}); '
+                     'run `launch.py --mode=prepare` again')
+  return out

@@ -45,6 +45,8 @@ from imkga_jax.optim import modality_modulation
 
 MODALITIES = ('fig', 'ocr')
 FEATURES_FILE = 'features.npz'
+# fold_in constant of the direct stream's randomness (the main batch's keys stay as they were).
+DIRECT_STREAM = 7
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,25 +94,70 @@ def make_optimizer(config: ml_collections.ConfigDict, branches: tuple[str, ...]
 
 
 # ============================================================================ train step
+def direct_batch(direct: Mapping[str, jax.Array], rng: jax.Array, size: int, target_dropout: float
+                 ) -> dict[str, jax.Array]:
+  """`size` direct trajectories `t <eos>` drawn (with replacement) from `direct`
+  (`input_pipeline.read_direct`), each with the target-unknown return-to-go row with probability
+  `target_dropout` (as the input pipeline does for the main batch); works inside jit."""
+  pick_rng, coin_rng = jax.random.split(rng)
+  index = jax.random.randint(pick_rng, (size,), 0, direct['head_token'].shape[0])  # [Bd]
+  unknown = jax.random.bernoulli(coin_rng, target_dropout, (size,))  # [Bd]
+  rtg = direct['rtg'][index]  # [Bd, 2, 2]
+  return {'head_token': direct['head_token'][index],
+          'relation_token': direct['relation_token'][index],
+          'actions': direct['actions'][index],
+          'rtg': jnp.where(unknown[:, None], rtg[:, 1], rtg[:, 0])}
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping[str, jax.Array],
                rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformationExtraArgs,
-               config: ml_collections.ConfigDict, entity_offset: int
+               config: ml_collections.ConfigDict, entity_offset: int,
+               direct_sharding: jax.sharding.Sharding | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step; pure, jitted once. Randomness = fold_in(rng, step)."""
+  """One optimisation step; pure, jitted once. Randomness = fold_in(rng, step).
+
+  With `table['direct']` (the direct trajectories, `input_pipeline.read_direct`) the step also
+  draws `train.direct_batch_size` of them as 2-step sequences `t <eos>` and adds their path loss
+  (same masks, label smoothing and β) to the main batch's: the step-0 classifier over all entities
+  trains on short sequences instead of ones padded to 2·max_hops+1 steps. `direct_sharding` lays
+  that batch out like the main one.
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   mask_rng, dropout_rng = jax.random.split(step_rng)
-  batch = dict(batch, **prepared.head_features(table, batch['head_token'] - entity_offset))
-  inputs, mask3 = masks.apply_masks(mask_rng, batch, config.masks, train=True)
+  streams = [(batch, mask_rng)]
+  if 'direct' in table:
+    direct_rng = jax.random.fold_in(step_rng, DIRECT_STREAM)
+    draw_rng, direct_mask_rng = jax.random.split(direct_rng)
+    extra_batch = direct_batch(table['direct'], draw_rng, config.train.direct_batch_size,
+                               config.rtg.target_dropout)
+    if direct_sharding is not None:
+      extra_batch = jax.lax.with_sharding_constraint(extra_batch, direct_sharding)
+    streams.append((extra_batch, direct_mask_rng))
+  prepared_streams = []
+  for stream, stream_rng in streams:
+    stream = dict(stream, **prepared.head_features(table, stream['head_token'] - entity_offset))
+    inputs, mask3 = masks.apply_masks(stream_rng, stream, config.masks, train=True)
+    prepared_streams.append((stream['actions'], inputs, mask3))
 
   def loss_fn(params):
-    logits = model.apply({'params': params}, inputs, train=True, rngs={'dropout': dropout_rng})
-    total, per_branch = losses.path_loss(
-        logits, batch['actions'], mask3, model.branches,
-        epsilon=config.loss.label_smoothing, beta=config.loss.beta,
-        token_keep=inputs['token_keep'])
+    total, per_branch = 0.0, {}
+    for i, (targets, inputs, mask3) in enumerate(prepared_streams):
+      logits = model.apply({'params': params}, inputs, train=True,
+                           rngs={'dropout': jax.random.fold_in(dropout_rng, i) if i else
+                                 dropout_rng})
+      stream_total, stream_losses = losses.path_loss(
+          logits, targets, mask3, model.branches,
+          epsilon=config.loss.label_smoothing, beta=config.loss.beta,
+          token_keep=inputs['token_keep'])
+      total = total + stream_total
+      for b, v in stream_losses.items():
+        per_branch[b] = per_branch.get(b, 0.0) + v
+      if i:
+        per_branch['direct_stream'] = stream_total
     return total, per_branch
 
   (loss, per_branch), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  direct_loss = per_branch.pop('direct_stream', None)
   extra = {}
   if all(m in model.branches for m in MODALITIES):
     extra['modality_losses'] = {m: per_branch[m] for m in MODALITIES}
@@ -118,6 +165,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
   metrics.update({f'loss_{b}': v for b, v in per_branch.items()})
+  if direct_loss is not None:
+    metrics['loss_direct_stream'] = direct_loss
   if extra:
     modulation = opt_state[0]
     metrics['modulation_ratio'] = modulation.ratio
@@ -231,6 +280,29 @@ def check_finite(pending: list[tuple[int, int, dict]], workdir: str, manager: An
   return {key: float(np.atleast_1d(np.asarray(v))[-1]) for key, v in values[-1].items()}
 
 
+def direct_stream(config: ml_collections.ConfigDict, prepared_dir: str
+                  ) -> tuple[dict[str, np.ndarray] | None, bool]:
+  """`(direct trajectories or None, leave them out of the main stream)` for
+  `train.direct_batch_size` (0: None, False). They stay in the main stream too when too few other
+  trajectories remain for one batch per process (logged)."""
+  size = config.train.direct_batch_size
+  if not size:
+    return None, False
+  direct = input_pipeline.read_direct(prepared_dir)
+  count = len(direct['head_token'])
+  if not count:
+    logging.warning('train.direct_batch_size=%d but %s holds no direct trajectory: no direct '
+                    'stream', size, input_pipeline.trajectories_dir(prepared_dir))
+    return None, False
+  others = input_pipeline.trajectory_info(prepared_dir).num_examples - count
+  local_batch = config.train.batch_size // jax.process_count()
+  exclude = others // jax.process_count() >= local_batch
+  logging.info('direct stream: %d direct trajectories, %d per step as 2-step sequences; %s', count,
+               size, 'the main stream reads the other %d' % others if exclude else
+               'they stay in the main stream too (only %d others, fewer than a batch)' % others)
+  return direct, exclude
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
                        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
@@ -279,10 +351,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
   if global_batch % jax.process_count() or global_batch % mesh.shape[config.mesh.axes[0]]:
     raise ValueError(f'train.batch_size={global_batch} must be divisible by the number of processes '
                      f'({jax.process_count()}) and by the data axis ({mesh.shape[config.mesh.axes[0]]})')
+  if config.train.direct_batch_size % mesh.shape[config.mesh.axes[0]]:
+    raise ValueError(f'train.direct_batch_size={config.train.direct_batch_size} must be divisible by '
+                     f'the data axis ({mesh.shape[config.mesh.axes[0]]})')
   table = jax.device_put(prepared.load_features(
       prepared_dir, kg.num_entities, config.features.fig_dim, config.features.ocr_dim,
       required_by=config.model.variant if model.config.use_features else None,
       max_mentions=config.features.max_mentions, entity_offset=kg.space.entity_offset), replicated)
+  direct, exclude_direct = direct_stream(config, prepared_dir)
+  if direct is not None:
+    table = dict(table, direct=jax.device_put(direct, replicated))
 
   init, abstract, state_sharding = state_layout(config, model, tx, mesh)
   manager = checkpoints.manager(workdir, checkpoints.MAX_TO_KEEP)
@@ -298,7 +376,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
     start_step = 0
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
   one_step = functools.partial(train_step, model=model, tx=tx, config=config,
-                               entity_offset=kg.space.entity_offset)
+                               entity_offset=kg.space.entity_offset,
+                               direct_sharding=batch_sharding)
   stacked = NamedSharding(mesh, P(None, *batch_sharding.spec))  # [k, batch, ...]
   step_fns = {}
 
@@ -321,7 +400,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.De
                           if isinstance(v, (int, float, str, bool))})
   schedule = learning_rate_schedule(config)
   t = config.train
-  batches = input_pipeline.create_train_iterator(prepared_dir, config, skip_batches=start_step)
+  batches = input_pipeline.create_train_iterator(prepared_dir, config, skip_batches=start_step,
+                                                 exclude_direct=exclude_direct)
   selector = (evaluator.ValidSelector(config, workdir, kg, model, table) if t.eval_every
               else None)
   rng = jax.random.key(config.seed)

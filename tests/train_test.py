@@ -70,6 +70,7 @@ def tiny_config(raw, variant='rl'):
   config.train.checkpoint_every = 3
   config.train.shuffle_buffer = 64
   config.optim.warmup_steps = 2
+  config.train.direct_batch_size = 8
   config.mesh.shape = (-1, 1)
   return config
 
@@ -362,6 +363,50 @@ def test_steps_per_call_runs_the_same_steps(prepared_workdir, tmp_path):
   for other in results[1:]:
     for x, y in zip(results[0][1], other[1]):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_direct_stream_adds_the_path_loss_of_its_sequences(prepared_workdir):
+  """With one direct trajectory to draw from and no masks or dropout, the step's loss is the main
+  batch's loss plus the path loss of `t <eos>` (2 steps) computed on its own, and the main batch's
+  part is what the step gives without the stream."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from imkga_jax import input_pipeline, losses  # pylint: disable=g-import-not-at-top
+  from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
+  raw, workdir = prepared_workdir
+  prepared_dir = os.path.join(workdir, 'prepared')
+  config = tiny_config(raw)
+  config.train.direct_batch_size = 4
+  config.masks.p_k = config.masks.p_m = config.masks.p_3 = 0.0
+  config.model.dropout_rate = 0.0
+  kg = kg_lib.KnowledgeGraph.load(prepared_dir)
+  model = imkga.build_model(config, kg.space.num_tokens)
+  tx = optax.sgd(0.0)
+  params = model.init(jax.random.key(0), imkga.dummy_inputs(model.config, 2))['params']
+  state = train.TrainState(step=jax.numpy.zeros([], jax.numpy.int32), params=params,
+                           opt_state=tx.init(params))
+  batch = next(input_pipeline.create_train_iterator(prepared_dir, config, exclude_direct=True))
+  assert not np.any(batch['kind'] == 1)
+  direct = input_pipeline.read_direct(prepared_dir)
+  one = {k: v[3:4] for k, v in direct.items()}  # draws can only pick this one
+  one['rtg'] = np.repeat(one['rtg'][:, :1], 2, axis=1)  # both rows alike: the coin does not matter
+  features = {k: jax.numpy.asarray(v) for k, v in
+              train.prepared.load_features(prepared_dir, kg.num_entities, 8, 3).items()}
+  step = functools.partial(train.train_step, model=model, tx=tx, config=config,
+                           entity_offset=kg.space.entity_offset)
+  rng = jax.random.key(5)
+  _, with_stream = step(state, batch, dict(features, direct=one), rng)
+  _, without = step(state, batch, features, rng)
+  inputs = {'head_token': np.repeat(one['head_token'], 4), 'actions': np.repeat(one['actions'], 4, 0),
+            'relation_token': np.repeat(one['relation_token'], 4),
+            'rtg': np.repeat(one['rtg'][:, 0], 4, 0)}
+  logits = model.apply({'params': params}, inputs)  # [1, 4, 2, V]
+  assert logits.shape[2] == 2
+  want, _ = losses.path_loss(logits, inputs['actions'], np.zeros(4, bool), model.branches,
+                             config.loss.label_smoothing, config.loss.beta)
+  np.testing.assert_allclose(with_stream['loss_direct_stream'], want, rtol=1e-5)
+  np.testing.assert_allclose(with_stream['loss'], without['loss'] + want, rtol=1e-5)
+  assert 'loss_direct_stream' not in without
 
 
 def test_valid_selection_keeps_the_best_parameters_and_stops(prepared_workdir, tmp_path):

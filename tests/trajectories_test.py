@@ -2,6 +2,7 @@
 imkga_jax/input_pipeline.py)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -155,6 +156,41 @@ def test_process_split_seed_and_order(built):
                                                     process_count=1))
   assert sorted(batch) == sorted(prepared_lib.EXAMPLE_KEYS)
   assert batch['actions'].shape == batch['rtg'].shape == (4, 7) and batch['kind'].shape == (4,)
+
+
+def test_read_direct_and_the_main_stream_without_them(built, tmp_path):
+  """`read_direct` holds exactly the stored direct trajectories, cut to `t <eos>` with both
+  return-to-go rows; `exclude_direct` leaves just them out of the main stream."""
+  kg, config, _, _, _ = built
+  config = small_config()
+  config.trajectories.also_direct = 'all'
+  prepared = str(tmp_path)
+  shutil.copy(os.path.join(built[2], 'features.npz'), prepared)
+  stats = trajectories.build_trajectories(kg, config, prepared)
+  rows = {}
+  for dropout, row in ((0.0, 0), (1.0, 1)):
+    config.rtg.target_dropout = dropout
+    config.train.batch_size = 1  # every example, none dropped as a remainder
+    rows[row] = read_all(prepared, config, process_index=0, process_count=1)
+  config.train.batch_size, config.rtg.target_dropout = 4, 0.5
+  direct = input_pipeline.read_direct(prepared)
+  is_direct = rows[0]['kind'] == prepared_lib.KIND_DIRECT
+  assert len(direct['head_token']) == stats['trajectories']['direct'] == is_direct.sum() > 0
+  want = sorted(zip(rows[0]['head_token'][is_direct], rows[0]['relation_token'][is_direct],
+                    map(tuple, rows[0]['actions'][is_direct, :2]),
+                    map(tuple, np.round(rows[0]['rtg'][is_direct, :2], 5)),
+                    map(tuple, np.round(rows[1]['rtg'][is_direct, :2], 5))))
+  got = sorted(zip(direct['head_token'], direct['relation_token'], map(tuple, direct['actions']),
+                   map(tuple, np.round(direct['rtg'][:, 0], 5)),
+                   map(tuple, np.round(direct['rtg'][:, 1], 5))))
+  assert got == want
+  assert np.all(direct['actions'][:, 1] == kg_lib.EOS)
+  assert np.all(kg.space.is_entity(direct['actions'][:, 0]))
+  assert direct['actions'].dtype == direct['head_token'].dtype == np.int32
+  config.train.batch_size, config.rtg.target_dropout = 1, 0.0
+  others = read_all(prepared, config, process_index=0, process_count=1, exclude_direct=True)
+  assert not np.any(others['kind'] == prepared_lib.KIND_DIRECT)
+  assert set(rows_of(others)) == set(rows_of({k: v[~is_direct] for k, v in rows[0].items()}))
 
 
 def test_pipeline_errors_name_the_fix(built, tmp_path):
