@@ -140,7 +140,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
     prepared_streams.append((stream['actions'], inputs, mask3))
 
   def loss_fn(params):
-    total, per_branch = 0.0, {}
+    totals, per_branch = [], {}
     for i, (targets, inputs, mask3) in enumerate(prepared_streams):
       logits = model.apply({'params': params}, inputs, train=True,
                            rngs={'dropout': jax.random.fold_in(dropout_rng, i) if i else
@@ -149,15 +149,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
           logits, targets, mask3, model.branches,
           epsilon=config.loss.label_smoothing, beta=config.loss.beta,
           token_keep=inputs['token_keep'])
-      total = total + stream_total
+      totals.append(stream_total)
       for b, v in stream_losses.items():
         per_branch[b] = per_branch.get(b, 0.0) + v
-      if i:
-        per_branch['direct_stream'] = stream_total
-    return total, per_branch
+    return sum(totals), (per_branch, totals[1:])
 
-  (loss, per_branch), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  direct_loss = per_branch.pop('direct_stream', None)
+  (loss, (per_branch, direct_totals)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  direct_loss = direct_totals[0] if direct_totals else None
   extra = {}
   if all(m in model.branches for m in MODALITIES):
     extra['modality_losses'] = {m: per_branch[m] for m in MODALITIES}
