@@ -433,3 +433,36 @@ def test_valid_selection_keeps_the_best_parameters_and_stops(prepared_workdir, t
   _, _, step = checkpoints.restore_params(config, workdir, kg)
   assert step == best['step'] and checkpoints.selected_step(workdir) == best['step']
   assert checkpoints.latest_step(workdir) == stopped
+
+
+@pytest.mark.parametrize('num_direct,others,expect', [
+    (0, 100, 'off'),          # no direct trajectory: a warning, the stream stays off
+    (5, 3, 'shared'),         # too few others for a batch: the direct ones stay in the main stream
+    (5, 16, 'apart'),         # enough others: the main stream reads them only
+])
+def test_direct_stream_falls_back_when_the_prepared_folder_cannot_feed_it(
+    monkeypatch, caplog, num_direct, others, expect):
+  import logging  # pylint: disable=g-import-not-at-top
+  from imkga_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = default.get_config('smoke')
+  config.train.batch_size = 16
+  direct = {'head_token': np.arange(num_direct, dtype=np.int32),
+            'relation_token': np.zeros(num_direct, np.int32),
+            'actions': np.zeros((num_direct, 2), np.int32),
+            'rtg': np.zeros((num_direct, 2, 2), np.float32)}
+  monkeypatch.setattr(input_pipeline, 'read_direct', lambda _: direct)
+  monkeypatch.setattr(input_pipeline, 'trajectory_info',
+                      lambda _: input_pipeline.TrajectoryInfo(num_examples=num_direct + others,
+                                                              seq_len=7))
+  with caplog.at_level(logging.INFO):
+    table, exclude = train.direct_stream(config, '/nowhere/prepared')
+  if expect == 'off':
+    assert table is None and not exclude
+    assert 'holds no direct trajectory: no direct stream' in caplog.text
+  else:
+    assert table is direct
+    assert exclude == (expect == 'apart')
+    assert ('they stay in the main stream too' in caplog.text) == (expect == 'shared')
+  config.train.direct_batch_size = 0  # off by config: nothing is read
+  monkeypatch.setattr(input_pipeline, 'read_direct', lambda _: pytest.fail('read with size 0'))
+  assert train.direct_stream(config, '/nowhere/prepared') == (None, False)
