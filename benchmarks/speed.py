@@ -2,8 +2,9 @@
 
 * `matmul_peak_gflops`: a 2048³ f32 matmul through XLA, best of 10.
 * `train`: the real jitted `train.train_step` (masks, branches, label-smoothed loss, modulation, clip,
-  adamw) of the `synthetic` and `openbg` configs on random batches; FLOPs from XLA's cost analysis
-  of the compiled step, its share of the peak, trajectories per second.
+  adamw) of the `synthetic` and `openbg` configs on random batches of grammar-valid paths, with the
+  whole-vocabulary head and with the typed head (`loss.typed_head`; f32, and bf16 typed); FLOPs
+  from XLA's cost analysis of the compiled step, its share of the peak, trajectories per second.
 * `decode`: CPU seconds (process time, every core counted) per query of the jitted beam search at
   beam 64 and 256, unconstrained, 3 hops, random weights, `complete_last` and the default
   `finish_width` (256), cached (`step_models.imkga_step_model`: one new token pair per beam and
@@ -69,6 +70,18 @@ def flops_of(compiled) -> float:
 
 
 # ============================================================================ training
+def random_paths(space: kg_lib.TokenSpace, batch: int, length: int, rng) -> np.ndarray:
+  """`[batch, length]` random sequences of the path grammar (`t <eos>` or `r1 e1 … rn en <eos>`,
+  0 to (length-1)/2 hops, padded), as the prepared trajectories are: a typed head's loss needs them."""
+  out = np.full((batch, length), kg_lib.PAD, np.int32)
+  for b, hops in enumerate(rng.integers(0, (length - 1) // 2 + 1, batch)):
+    seq = ([rng.integers(space.entity_offset, space.num_tokens)] if hops == 0 else
+           [x for _ in range(hops) for x in (rng.integers(space.relation_offset, space.entity_offset),
+                                             rng.integers(space.entity_offset, space.num_tokens))])
+    out[b, :len(seq) + 1] = seq + [kg_lib.EOS]
+  return out
+
+
 def bench_train(name: str, config, steps: int) -> dict:
   space = kg_lib.TokenSpace(*SPACES[name])
   model = imkga.build_model(config, space.num_tokens)
@@ -85,7 +98,7 @@ def bench_train(name: str, config, steps: int) -> dict:
   batch = {'head_token': rng.integers(space.entity_offset, space.num_tokens, b).astype(np.int32),
            'relation_token': rng.integers(4, space.entity_offset, b).astype(np.int32),
            'target': rng.integers(0, e, b).astype(np.int32),
-           'actions': rng.integers(4, space.num_tokens, (b, length)).astype(np.int32),
+           'actions': random_paths(space, b, length, rng),
            'rtg': rng.normal(size=(b, length)).astype(np.float32),
            'kind': np.zeros(b, np.int32)}
   batch = jax.device_put(batch)
@@ -102,7 +115,10 @@ def bench_train(name: str, config, steps: int) -> dict:
     state, metrics = compiled(state, batch, table, key)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / steps
-  return {'config': name, 'dtype': config.model.dtype, 'batch': b, 'vocab': space.num_tokens,
+  if not np.isfinite(float(metrics['loss'])):
+    raise FloatingPointError(f'speed.py: the {name} train step gave a non-finite loss')
+  return {'config': name, 'dtype': config.model.dtype, 'typed_head': bool(config.loss.typed_head),
+          'batch': b, 'vocab': space.num_tokens,
           'params_m': round(sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, 3),
           'step_ms': round(seconds * 1e3, 1), 'traj_per_s': round(b / seconds, 1),
           'gflop_per_step': round(flops / 1e9, 2), 'gflops': round(flops / seconds / 1e9, 1)}
@@ -176,9 +192,10 @@ def main():
   print(f'f32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s on {out["device"]}', flush=True)
   out['train'] = []
   for name, get in (('synthetic', synthetic.get_config), ('openbg', openbg.get_config)):
-    for dtype in ('float32', 'bfloat16'):
+    for dtype, typed in (('float32', False), ('float32', True), ('bfloat16', True)):
       config = get()
       config.model.dtype = dtype
+      config.loss.typed_head = typed
       config.train.batch_size = 256
       row = bench_train(name, config, steps)
       row['peak_share'] = round(row['gflops'] * 1e9 / peak, 3)

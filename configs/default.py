@@ -226,6 +226,10 @@ def _defaults() -> ml_collections.ConfigDict:
   config.loss.label_smoothing = 0.7
   # Weight of L_concat on Mask III sequences.
   config.loss.beta = 1.5
+  # Typed output head: each step scores only the tokens of its kind (grammar.token_range, as the
+  # decoder does) and the softmax and the smoothing cover what the path grammar allows after the
+  # true history (losses.typed_token_loss). False: the whole vocabulary at every step.
+  config.loss.typed_head = False
 
   # ---------------------------------------------------------------- optimiser (Eq. 26-28)
   config.optim = ml_collections.ConfigDict()

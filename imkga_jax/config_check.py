@@ -210,6 +210,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('masks.p_3', PROBABILITY),
     ('loss.label_smoothing', number(0.0, 1.0, low_open=True)),
     ('loss.beta', number(0)),
+    ('loss.typed_head', boolean()),
     ('optim.learning_rate', positive_or_nan()),
     ('optim.warmup_steps', integer(0)),
     ('optim.weight_decay', number(0)),

@@ -12,7 +12,10 @@ tails of (e, r); after a path entity `<eos>` or a relation leaving it. In both m
 ([batch] bool) can withhold the direct form from some queries.
 
 `token_range(step)` is the contiguous token range that holds every token either mode can allow at
-a step, so the model need not score the rest (a typed output head).
+a step, so the model need not score the rest (a typed output head). Training scores the same ranges
+(`head_groups`: the steps of a sequence grouped by their range) and normalises over the tokens
+`allowed_unconstrained` allows (`losses.typed_token_loss`), so the model learns the distribution the
+decoder reads.
 
 Example:
   >>> space = kg_lib.TokenSpace(num_relations=1, num_entities=3)
@@ -73,10 +76,26 @@ def token_range(step: int, max_len: int, space: kg_lib.TokenSpace) -> tuple[int,
   return kg_lib.EOS, space.entity_offset  # after a path entity: <eos> or a relation
 
 
+def head_groups(steps: int, space: kg_lib.TokenSpace
+                ) -> tuple[tuple[tuple[int, ...], tuple[int, int]], ...]:
+  """The steps `0 … steps-1` of a sequence grouped by `token_range`: `((steps, (lo, hi)), …)`, in
+  order of their first step; a typed output head scores each group's range only.
+
+  Example: with 1 relation and 3 entities (tokens 4, 5 relations, 6 … 8 entities), 7 steps:
+  `(((0,), (4, 9)), ((1,), (2, 9)), ((2, 4, 6), (2, 6)), ((3, 5), (6, 9)))`.
+  """
+  groups: dict[tuple[int, int], list[int]] = {}
+  for n in range(steps):
+    groups.setdefault(token_range(n, steps, space), []).append(n)
+  return tuple((tuple(ns), rng) for rng, ns in sorted(groups.items(), key=lambda g: g[1][0]))
+
+
 def allowed_unconstrained(seqs: jax.Array, step: int, space: kg_lib.TokenSpace,
-                           direct_ok: jax.Array, tokens: tuple[int, int]) -> jax.Array:
-  """`[b, n, hi - lo]` bool: the path grammar, no graph (module docstring)."""
-  max_len = seqs.shape[-1]
+                           direct_ok: jax.Array, tokens: tuple[int, int],
+                           max_len: int | None = None) -> jax.Array:
+  """`[b, n, hi - lo]` bool: the path grammar, no graph (module docstring). `max_len`: the longest
+  sequence (default `seqs.shape[-1]`; training's direct sequences are shorter than the grammar's)."""
+  max_len = seqs.shape[-1] if max_len is None else max_len
   tok = lax.broadcasted_iota(jnp.int32, (1, 1, tokens[1] - tokens[0]), 2) + tokens[0]
   start = step == 0
   prev = seqs[:, :, max(step - 1, 0)]  # [b, n]

@@ -6,6 +6,13 @@ Per token, with ε the weight of the TRUE token t and V the vocabulary size:
 
 (ε = 1 is plain cross entropy; the paper's best ε is 0.7, `config.loss.label_smoothing`).
 
+**Typed head** (`config.loss.typed_head`, `typed_token_loss`): step n scores only the tokens of
+its kind (`grammar.token_range`, the range the decoder scores) and V is the number of tokens the
+path grammar allows there after the true history (`grammar.allowed_unconstrained`): the softmax the
+decoder renormalises to, and the smoothing mass goes to moves that can be made, not to `<pad>`, or to
+entities where only a relation or `<eos>` may follow. Relation steps never compute the entity
+logits (most of the head's FLOPs at a large vocabulary).
+
 **Which steps count.** Step n of sequence b (the prediction of `targets[b, n]`
 at the state token C_n) counts iff
 
@@ -45,29 +52,82 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from imkga_jax import grammar
+from imkga_jax import kg as kg_lib
 from imkga_jax.kg import MASK
 from imkga_jax.kg import PAD
 
 
-def smoothed_token_loss(logits: jax.Array, targets: jax.Array, epsilon: float) -> jax.Array:
+def smoothed_token_loss(logits: jax.Array, targets: jax.Array, epsilon: float,
+                        allowed: jax.Array | None = None, offset: int = 0) -> jax.Array:
   """ℓ = −(ε·log p_t + (1−ε)/(V−1)·Σ_{i≠t} log p_i), computed in float32.
 
+  With `allowed`, the softmax and the smoothing cover the allowed tokens only (V becomes their
+  number, the target always among them): the typed head of `typed_token_loss`. A target outside
+  the scored range `offset … offset+V-1` gets an infinite loss (the train loop's finiteness check
+  then names the step); positions the caller does not count may hold any target.
+
   Args:
-    logits: [..., V] (any float dtype).
+    logits: [..., V] (any float dtype), the logits of tokens `offset … offset+V-1`.
     targets: int [...] token ids.
     epsilon: weight of the true token, in [0, 1].
+    allowed: optional bool [..., V], the tokens the grammar allows at each position.
+    offset: the token id of `logits[..., 0]`.
 
   Returns:
     float32 [...] per-token loss.
   """
   vocab = logits.shape[-1]
-  if vocab < 2:
+  if vocab < 2 and allowed is None:
     raise ValueError(f'losses: the vocabulary has {vocab} token(s); label smoothing needs >= 2.')
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [..., V]
-  log_p_true = jnp.take_along_axis(log_p, targets[..., None].astype(jnp.int32),
-                                   axis=-1)[..., 0]  # [...]
+  logits = logits.astype(jnp.float32)
+  index = jnp.asarray(targets, jnp.int32) - offset  # [...]
+  in_range = (index >= 0) & (index < vocab)
+  index = jnp.clip(index, 0, vocab - 1)
+  if allowed is None:
+    log_p = jax.nn.log_softmax(logits, axis=-1)  # [..., V]
+    others = vocab - 1.0
+  else:
+    allowed = allowed | (jnp.arange(vocab) == index[..., None])  # the target is always allowed
+    log_p = jax.nn.log_softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+    log_p = jnp.where(allowed, log_p, 0.0)  # [..., V]: the sums below cover the allowed tokens
+    others = jnp.maximum(jnp.sum(allowed, axis=-1) - 1.0, 1.0)  # [...]
+  log_p_true = jnp.take_along_axis(log_p, index[..., None], axis=-1)[..., 0]  # [...]
   log_p_others = jnp.sum(log_p, axis=-1) - log_p_true  # [...]
-  return -(epsilon * log_p_true + (1.0 - epsilon) / (vocab - 1) * log_p_others)
+  loss = -(epsilon * log_p_true + (1.0 - epsilon) / others * log_p_others)
+  return jnp.where(in_range, loss, jnp.inf)
+
+
+def typed_token_loss(group_logits: Sequence[jax.Array],
+                     groups: Sequence[tuple[tuple[int, ...], tuple[int, int]]],
+                     targets: jax.Array, epsilon: float, space: kg_lib.TokenSpace,
+                     max_len: int) -> jax.Array:
+  """Per-token loss `[K, B, L]` of a typed head: step n normalises over the tokens the path
+  grammar allows after the true history (`grammar.allowed_unconstrained`, the direct form offered
+  to every query), within its group's token range.
+
+  This is the distribution the decoder reads (it renormalises over the allowed tokens at every
+  step), and it never computes the entity logits of a relation step. A step where only one token
+  can follow (`<eos>` after a direct answer or at the last step) costs 0.
+
+  Args:
+    group_logits: per group `[K, B, len(steps), hi - lo]` (`IMKGA(..., heads=groups)`).
+    groups: `grammar.head_groups(L, space)`.
+    targets: int [B, L] true action tokens.
+    epsilon: weight of the true token.
+    space: the token space.
+    max_len: the grammar's longest sequence (2·max_hops+1), whatever L is.
+  """
+  batch, steps = targets.shape
+  out = [None] * steps
+  direct_ok = jnp.ones((batch,), jnp.bool_)
+  for logits, (group, (lo, hi)) in zip(group_logits, groups):
+    for i, n in enumerate(group):
+      allowed = grammar.allowed_unconstrained(targets[:, None, :], n, space, direct_ok, (lo, hi),
+                                              max_len=max_len)[:, 0]  # [B, hi - lo]
+      out[n] = smoothed_token_loss(logits[:, :, i], targets[None, :, n], epsilon, allowed[None],
+                                   offset=lo)  # [K, B]
+  return jnp.stack(out, axis=2)  # [K, B, L]
 
 
 def step_weights(targets: jax.Array, token_keep: jax.Array | None = None) -> jax.Array:
@@ -92,7 +152,8 @@ def path_loss(logits: jax.Array, targets: jax.Array, mask3: jax.Array,
   """Eq. 23-25 over all branches (see the module docstring for the exact rules).
 
   Args:
-    logits: [K, B, L, V] model output, branch order `branches`.
+    logits: [K, B, L, V] model output, branch order `branches`; or the per-token loss [K, B, L]
+      itself (a typed head's, `typed_token_loss`), for which `epsilon` is not read.
     targets: int [B, L] TRUE action tokens (before Mask III).
     mask3: bool [B], sequences touched by Mask III (their concat loss × β).
     branches: K branch names, e.g. `model.branches`.
@@ -109,17 +170,21 @@ def path_loss(logits: jax.Array, targets: jax.Array, mask3: jax.Array,
     ValueError: when shapes or branch names do not match.
   """
   branches = tuple(branches)
-  if logits.ndim != 4 or logits.shape[0] != len(branches) or logits.shape[1:3] != targets.shape:
+  if (logits.ndim not in (3, 4) or logits.shape[0] != len(branches)
+      or logits.shape[1:3] != targets.shape):
     raise ValueError(f'losses.path_loss: logits {logits.shape} must be [K={len(branches)} '
-                     f'branches {branches}, B, L, V] with [B, L] = targets {targets.shape}.')
+                     f'branches {branches}, B, L, V] (or a token loss [K, B, L]) with [B, L] = '
+                     f'targets {targets.shape}.')
   if 'concat' not in branches:
     raise ValueError(f'losses.path_loss: branches {branches} lack "concat" (β applies to it).')
   weights = step_weights(targets, token_keep)  # [B, L]
   lengths = jnp.sum(weights, axis=1)  # [B]
   has_steps = (lengths > 0).astype(jnp.float32)  # [B]
   num_sequences = jnp.maximum(jnp.sum(has_steps), 1.0)
-  token_loss = smoothed_token_loss(logits, targets[None], epsilon)  # [K, B, L]
-  per_sequence = jnp.sum(token_loss * weights, axis=2) / jnp.maximum(lengths, 1.0)  # [K, B]
+  token_loss = (logits if logits.ndim == 3
+                else smoothed_token_loss(logits, targets[None], epsilon))  # [K, B, L]
+  token_loss = jnp.where(weights > 0, token_loss, 0.0)  # an uncounted step may be inf (typed head)
+  per_sequence = jnp.sum(token_loss, axis=2) / jnp.maximum(lengths, 1.0)  # [K, B]
   per_branch = jnp.sum(per_sequence * has_steps, axis=1) / num_sequences  # [K]
   losses = {name: per_branch[k] for k, name in enumerate(branches)}
   seq_weight = jnp.where(jnp.asarray(mask3, jnp.bool_), beta, 1.0) * has_steps  # [B]

@@ -33,6 +33,7 @@ from imkga_jax import checkpoints
 from imkga_jax import config_check
 from imkga_jax import evaluator
 from imkga_jax import files
+from imkga_jax import grammar
 from imkga_jax import input_pipeline
 from imkga_jax import kg as kg_lib
 from imkga_jax import losses
@@ -139,12 +140,20 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
     inputs, mask3 = masks.apply_masks(stream_rng, stream, config.masks, train=True)
     prepared_streams.append((stream['actions'], inputs, mask3))
 
+  space = kg_lib.TokenSpace((entity_offset - kg_lib.NUM_SPECIAL) // 2,
+                            model.config.vocab_size - entity_offset)
+
   def loss_fn(params):
     totals, per_branch = [], {}
     for i, (targets, inputs, mask3) in enumerate(prepared_streams):
-      logits = model.apply({'params': params}, inputs, train=True,
-                           rngs={'dropout': jax.random.fold_in(dropout_rng, i) if i else
-                                 dropout_rng})
+      rngs = {'dropout': jax.random.fold_in(dropout_rng, i) if i else dropout_rng}
+      if config.loss.typed_head:  # each step scores and normalises over what the grammar allows
+        groups = grammar.head_groups(targets.shape[1], space)
+        logits = losses.typed_token_loss(
+            model.apply({'params': params}, inputs, train=True, rngs=rngs, heads=groups), groups,
+            targets, config.loss.label_smoothing, space, model.config.num_steps)  # [K, B, L]
+      else:
+        logits = model.apply({'params': params}, inputs, train=True, rngs=rngs)  # [K, B, L, V]
       stream_total, stream_losses = losses.path_loss(
           logits, targets, mask3, model.branches,
           epsilon=config.loss.label_smoothing, beta=config.loss.beta,

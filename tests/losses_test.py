@@ -107,3 +107,80 @@ def test_bfloat16_logits_are_upcast():
   b16, _ = losses.path_loss(logits.astype(jnp.bfloat16), targets, jnp.zeros(2, bool),
                             ('concat',), 0.7, 1.5)
   assert b16.dtype == jnp.float32 and float(b16) == pytest.approx(float(f32), rel=2e-2)
+
+
+def _grammar_allowed(history, n, space, max_len):
+  """The tokens the path grammar allows at step n after `history` (written out, no jax)."""
+  relations = set(range(space.relation_offset, space.entity_offset))
+  entities = set(range(space.entity_offset, space.num_tokens))
+  if n == 0:
+    return (relations if n < max_len - 2 else set()) | (entities if n < max_len - 1 else set())
+  prev = history[n - 1]
+  if space.relation_offset <= prev < space.entity_offset:
+    return entities if n < max_len - 1 else set()
+  if prev >= space.entity_offset:
+    return {EOS} | (relations if 2 <= n < max_len - 2 else set())
+  return set()
+
+
+def _typed_paths(space, max_len, rng, batch):
+  """Grammar-valid sequences: direct answers, paths of 1 … max_hops hops, padded."""
+  rows = []
+  for b in range(batch):
+    hops = b % ((max_len - 1) // 2 + 1)
+    seq = ([int(rng.integers(space.entity_offset, space.num_tokens))] if hops == 0 else
+           [int(x) for _ in range(hops) for x in (rng.integers(space.relation_offset,
+                                                               space.entity_offset),
+                                                  rng.integers(space.entity_offset,
+                                                               space.num_tokens))])
+    rows.append(seq + [EOS] + [PAD] * (max_len - len(seq) - 1))
+  return np.asarray(rows, np.int32)
+
+
+@pytest.mark.parametrize('steps', [7, 2])
+def test_typed_token_loss_matches_brute_force(steps):
+  """Each step's softmax and smoothing cover only what the grammar allows after the true history;
+  the grammar's length is the model's whatever the sequences' (the direct stream's are 2 long)."""
+  from imkga_jax import grammar, kg as kg_lib  # pylint: disable=g-import-not-at-top
+  space, max_len, eps = kg_lib.TokenSpace(num_relations=2, num_entities=6), 7, 0.7
+  rng = np.random.default_rng(3)
+  targets = _typed_paths(space, max_len, rng, 8)
+  if steps == 2:
+    targets = np.concatenate([targets[targets[:, 1] == EOS][:, :2]] * 2)
+  logits = rng.normal(size=(2, len(targets), steps, space.num_tokens)).astype(np.float32)
+  groups = grammar.head_groups(steps, space)
+  got = np.asarray(losses.typed_token_loss(
+      [jnp.asarray(logits[:, :, list(s), lo:hi]) for s, (lo, hi) in groups], groups,
+      jnp.asarray(targets), eps, space, max_len))
+  for k in range(2):
+    for b, seq in enumerate(targets):
+      for n in range(steps):
+        if seq[n] == PAD:
+          continue
+        allowed = sorted(_grammar_allowed(seq, n, space, max_len) | {int(seq[n])})
+        z = logits[k, b, n, allowed].astype(np.float64)
+        log_p = z - np.log(np.sum(np.exp(z)))
+        t = allowed.index(int(seq[n]))
+        others = (np.sum(log_p) - log_p[t]) / max(len(allowed) - 1, 1)
+        assert got[k, b, n] == pytest.approx(-(eps * log_p[t] + (1 - eps) * others), abs=1e-5)
+        if len(allowed) == 1:
+          assert got[k, b, n] == 0.0  # <eos> after a direct answer: nothing to learn
+
+
+def test_typed_token_loss_is_infinite_for_a_target_outside_its_step_range():
+  """A relation where the grammar wants an entity is a data error: the loss says so (inf), and
+  path_loss still ignores uncounted steps (<pad>, whose range never holds it)."""
+  from imkga_jax import grammar, kg as kg_lib  # pylint: disable=g-import-not-at-top
+  space = kg_lib.TokenSpace(num_relations=2, num_entities=6)
+  groups = grammar.head_groups(6, space)
+  good = np.asarray([[4, 9, 5, 10, EOS, PAD]], np.int32)  # r e r e <eos> <pad>
+  bad = np.asarray([[4, 9, 5, 5, EOS, PAD]], np.int32)  # r e r r: a relation at an entity step
+  logits = np.zeros((1, 1, 6, space.num_tokens), np.float32)
+  for targets, finite in ((good, True), (bad, False)):
+    token = losses.typed_token_loss(
+        [jnp.asarray(logits[:, :, list(s), lo:hi]) for s, (lo, hi) in groups], groups,
+        jnp.asarray(targets), 0.7, space, 7)
+    assert bool(np.isinf(token[0, 0, 5]))  # <pad>: out of every range, not counted below
+    total, _ = losses.path_loss(token, jnp.asarray(targets), jnp.zeros(1, bool), ('concat',), 0.7,
+                                1.5)
+    assert bool(np.isfinite(total)) == finite

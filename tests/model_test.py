@@ -321,3 +321,21 @@ def test_mention_evidence_moves_only_the_named_step0_logits_of_the_ocr_branches(
                           dict(x, actions=np.zeros((2, 0), np.int32), rtg=x['rtg'][:, :1]), 0,
                           (4, VOCAB), method=imkga.IMKGA.decode_step, mutable=['cache'])
   np.testing.assert_allclose(logits, after[:, :, 0, 4:], atol=1e-5)
+
+
+def test_typed_head_groups_equal_slices_of_the_full_logits():
+  """`heads=grammar.head_groups(...)` returns, per group of steps, the full logits at those steps
+  and that token range (the mention evidence at C_0 included), and never the rest."""
+  from imkga_jax import grammar, kg as kg_lib  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config('mkg_rl', max_mentions=3)
+  space = kg_lib.TokenSpace(num_relations=4, num_entities=VOCAB - 12)
+  model, params = init(cfg)
+  params = dict(params, mention_weight=params['mention_weight'].at[:].set(1.5))
+  x = random_inputs(cfg, batch=3, seed=4)
+  full = np.asarray(model.apply({'params': params}, x))  # [K, B, L, V]
+  groups = grammar.head_groups(STEPS, space)
+  assert sorted(n for steps, _ in groups for n in steps) == list(range(STEPS))
+  typed = model.apply({'params': params}, x, heads=groups)
+  assert len(typed) == len(groups)
+  for logits, (steps, (lo, hi)) in zip(typed, groups):
+    np.testing.assert_allclose(logits, full[:, :, list(steps), lo:hi], atol=1e-5)

@@ -67,7 +67,8 @@ RULES = {
     'imkga_jax/rtg.py': (FORMAT, ('flax', 'tensorflow', 'optax')),
     'imkga_jax/input_pipeline.py': (FORMAT, ('flax', 'optax')),
     'imkga_jax/masks.py': (FORMAT, ('tensorflow', 'optax')),
-    'imkga_jax/losses.py': (FORMAT, ('tensorflow', 'optax')),
+    # The typed head's loss normalises over what the decoder's path grammar allows (one grammar).
+    'imkga_jax/losses.py': (FORMAT | {'imkga_jax.grammar'}, ('tensorflow', 'optax')),
     'imkga_jax/sharding.py': (FORMAT, ('tensorflow', 'optax')),
     'imkga_jax/optim/': (set(), ('tensorflow',)),  # the reusable optax transform: no project code
     'imkga_jax/optim/__init__.py': ({'imkga_jax.optim'}, ('tensorflow',)),

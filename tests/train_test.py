@@ -365,17 +365,21 @@ def test_steps_per_call_runs_the_same_steps(prepared_workdir, tmp_path):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_direct_stream_adds_the_path_loss_of_its_sequences(prepared_workdir):
+@pytest.mark.parametrize('typed_head', [False, True])
+def test_direct_stream_adds_the_path_loss_of_its_sequences(prepared_workdir, typed_head):
   """With one direct trajectory to draw from and no masks or dropout, the step's loss is the main
   batch's loss plus the path loss of `t <eos>` (2 steps) computed on its own, and the main batch's
-  part is what the step gives without the stream."""
+  part is what the step gives without the stream. With the typed head that loss is the typed one
+  (the grammar's length, not the 2 steps, decides what step 0 may be), and the prepared main batch
+  has a finite loss under it (its paths follow the grammar)."""
   import functools  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from imkga_jax import input_pipeline, losses  # pylint: disable=g-import-not-at-top
+  from imkga_jax import grammar, input_pipeline, losses  # pylint: disable=g-import-not-at-top
   from imkga_jax.models import imkga  # pylint: disable=g-import-not-at-top
   raw, workdir = prepared_workdir
   prepared_dir = os.path.join(workdir, 'prepared')
   config = tiny_config(raw)
+  config.loss.typed_head = typed_head
   config.train.direct_batch_size = 4
   config.masks.p_k = config.masks.p_m = config.masks.p_3 = 0.0
   config.model.dropout_rate = 0.0
@@ -402,8 +406,15 @@ def test_direct_stream_adds_the_path_loss_of_its_sequences(prepared_workdir):
             'rtg': np.repeat(one['rtg'][:, 0], 4, 0)}
   logits = model.apply({'params': params}, inputs)  # [1, 4, 2, V]
   assert logits.shape[2] == 2
+  if typed_head:
+    groups = grammar.head_groups(2, kg.space)
+    logits = losses.typed_token_loss(model.apply({'params': params}, inputs, heads=groups), groups,
+                                     jax.numpy.asarray(inputs['actions']),
+                                     config.loss.label_smoothing, kg.space, model.config.num_steps)
+    assert float(logits[0, 0, 1]) == 0.0  # <eos> after a direct answer: the only move
   want, _ = losses.path_loss(logits, inputs['actions'], np.zeros(4, bool), model.branches,
                              config.loss.label_smoothing, config.loss.beta)
+  assert np.isfinite(without['loss'])
   np.testing.assert_allclose(with_stream['loss_direct_stream'], want, rtol=1e-5)
   np.testing.assert_allclose(with_stream['loss'], without['loss'] + want, rtol=1e-5)
   assert 'loss_direct_stream' not in without

@@ -226,7 +226,9 @@ class IMKGA(nn.Module):
   OCR text names, -1 after the last; feature variants with `max_mentions`),
   optional `token_keep [B, 2L] bool` (Mask II). Other keys
   are ignored. Returns logits `[num_branches, B, L, vocab]` in
-  `model.branches` order.
+  `model.branches` order; with `heads=((steps, (lo, hi)), …)` (a typed head,
+  `grammar.head_groups`) a tuple of `[num_branches, B, len(steps), hi - lo]`,
+  one per group: `logits[:, :, steps, lo:hi]` without the rest.
   """
   config: ModelConfig
 
@@ -236,8 +238,9 @@ class IMKGA(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: dict[str, Any], train: bool = False, decode_step: int | None = None,
-               token_range: tuple[int, int] | None = None, output_step: int | None = None
-               ) -> jax.Array:
+               token_range: tuple[int, int] | None = None, output_step: int | None = None,
+               heads: tuple[tuple[tuple[int, ...], tuple[int, int]], ...] | None = None
+               ) -> jax.Array | tuple[jax.Array, ...]:
     cfg, dtype = self.config, self.config.compute_dtype
     if decode_step is None:
       _check_inputs(cfg, inputs)
@@ -273,14 +276,25 @@ class IMKGA(nn.Module):
     hidden = branches(cfg, deterministic=not train, decode_step=decode_step, name='branches')(
         query, rtg, fig, ocr, fig_present, ocr_present, action_emb, token_keep,
         slots)  # [K, B, L, E]
+    if heads is not None:  # a typed head: each group of steps scores its token range only
+      return tuple(self._head(hidden[:, :, list(steps)], table, bias, inputs, slots, rng,
+                              steps[0] == 0) for steps, rng in heads)
     if output_step is not None:  # the head at one step only (uncached decoding)
       hidden = hidden[:, :, output_step:output_step + 1]  # [K, B, 1, E]
-    lo, hi = token_range if token_range is not None else (0, cfg.vocab_size)
-    scale = jnp.asarray([_BIAS_SCALE[b] for b in cfg.branches], dtype)  # [K]
-    logits = jnp.einsum('kble,ve->kblv', hidden, table[lo:hi])  # tied head, [K, B, L, V]
-    logits = logits + scale[:, None, None, None] * bias[lo:hi]
     current = decode_step if decode_step is not None else output_step
-    if cfg.use_mentions and current in (None, 0):  # the logits at C_0 are among these
+    return self._head(hidden, table, bias, inputs, slots,
+                      token_range if token_range is not None else (0, cfg.vocab_size),
+                      current in (None, 0))
+
+  def _head(self, hidden: jax.Array, table: jax.Array, bias: jax.Array, inputs: dict[str, Any],
+            slots: jax.Array, tokens: tuple[int, int], first_is_step0: bool) -> jax.Array:
+    """Logits `[K, B, L', hi - lo]` of `hidden [K, B, L', E]` for tokens `lo … hi-1` (tied head);
+    `first_is_step0`: `hidden[:, :, 0]` is the output at C_0 (it gets the mention evidence)."""
+    lo, hi = tokens
+    scale = jnp.asarray([_BIAS_SCALE[b] for b in self.config.branches], hidden.dtype)  # [K]
+    logits = jnp.einsum('kble,ve->kblv', hidden, table[lo:hi])  # [K, B, L', hi - lo]
+    logits = logits + scale[:, None, None, None] * bias[lo:hi]
+    if self.config.use_mentions and first_is_step0:
       logits = logits.at[:, :, 0].add(self._mention_evidence(inputs, slots[:, 1], lo, hi))
     return logits
 
