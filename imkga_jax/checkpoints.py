@@ -48,6 +48,9 @@ CHECKPOINT_DIR = 'checkpoints'
 TRAIN_CONFIG_FILE = 'train_config.json'
 # Config sections a checkpoint depends on; resuming with different values is refused.
 CHECKPOINT_KEYS = ('seed', 'model', 'masks', 'loss', 'optim', 'trajectories')
+# Keys added after runs were made whose default is not what those runs did: a saved config without
+# one was made with this value (`check_resume_config`), e.g. the whole-vocabulary head.
+BEHAVIOUR_BEFORE_KEY = {'loss.typed_head': False}
 CORRUPT_DIR = 'checkpoints_corrupt'
 MAX_TO_KEEP = 3  # newest training checkpoints kept (the one selected on valid is kept apart)
 LEGACY_ITEM = 'default'
@@ -228,7 +231,8 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
   first checkpoint (a bad variant, a NaN at step 1) does not block its corrected rerun, whose
   config then replaces the file. With `defaults` (the full default config), a key the saved file
   lacks — one added to the code after the run was made — counts as unchanged when its current value
-  is its default (the behaviour the run was made with); the saved file then gains the key.
+  is the behaviour the run was made with: its default, or its `BEHAVIOUR_BEFORE_KEY` value where
+  a later default changed what the code does; the saved file then gains the key.
   """
   path = os.path.join(workdir, TRAIN_CONFIG_FILE)
   current = _config_fingerprint(config)
@@ -247,7 +251,8 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
       return
     old, new = config_check.flatten(saved), config_check.flatten(current)
     known = config_check.flatten(_config_fingerprint(defaults)) if defaults is not None else {}
-    added = {k for k in new if k not in old and k in known and new[k] == known[k]}
+    added = {k for k in new if k not in old and k in known
+             and new[k] == BEHAVIOUR_BEFORE_KEY.get(k, known[k])}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in added)
     if changed:
       raise ValueError(f'{path}: the checkpoints in {workdir} were made with different config '

@@ -73,6 +73,7 @@ def base_config(raw, variant):
   config.train.steps_per_call = 1  # the landed loop: one call per step, no selection on valid
   config.train.eval_every = 0
   config.train.direct_batch_size = 0  # the landed loop: direct trajectories in the main batch
+  config.loss.typed_head = False  # the landed loss: the whole vocabulary at every step
   config.trajectories.also_direct = 'none'  # the landed default
   # The landed decoder: the direct answers compete for the beam's slots, one scoring rule.
   config.decode.complete_direct = False

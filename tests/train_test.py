@@ -161,6 +161,18 @@ def test_resume_accepts_keys_added_later_at_their_default(tmp_path):
   config.model.emb_dim += 1
   with pytest.raises(ValueError, match=r"\['model.emb_dim'\]"):
     checkpoints.check_resume_config(config, workdir, default.get_config())
+  config.model.emb_dim -= 1
+  # A key whose default is not what the code did before it existed: the old behaviour binds.
+  with open(path) as f:
+    saved = json.load(f)
+  del saved['loss']['typed_head']  # a run made with the whole-vocabulary head
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  config.loss.typed_head = True
+  with pytest.raises(ValueError, match=r"\['loss.typed_head'\]"):
+    checkpoints.check_resume_config(config, workdir, default.get_config())
+  config.loss.typed_head = False
+  checkpoints.check_resume_config(config, workdir, default.get_config())
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(prepared_workdir, tmp_path):
