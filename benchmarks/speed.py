@@ -18,7 +18,7 @@ Writes `benchmarks/results/speed.json`:
    "decode": [{"size", "beam", "cached", "cpu_s_per_query", ...}]}
 
 Usage:
-  python benchmarks/speed.py [--quick] [--out=benchmarks/results/speed.json]
+  python benchmarks/speed.py [--quick] [--train_only] [--out=benchmarks/results/speed.json]
 """
 import argparse
 import json
@@ -183,6 +183,8 @@ def main():
   parser.add_argument('--decode_batches', type=int, default=2)
   parser.add_argument('--sizes', default='synthetic,wn18rr,squire')
   parser.add_argument('--skip_uncached', action='store_true')
+  parser.add_argument('--train_only', action='store_true',
+                      help='the train rows only (no decoding; --out then gets no decode rows)')
   args = parser.parse_args()
   steps, batches = (3, 1) if args.quick else (args.train_steps, args.decode_batches)
   out = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
@@ -202,7 +204,7 @@ def main():
       out['train'].append(row)
       print('train', json.dumps(row), flush=True)
   out['decode'] = []
-  for size in args.sizes.split(','):
+  for size in ([] if args.train_only else args.sizes.split(',')):
     for beam in (64, 256):
       for cached in (True, False):
         if args.skip_uncached and not cached:

@@ -149,13 +149,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], table: Mapping
       rngs = {'dropout': jax.random.fold_in(dropout_rng, i) if i else dropout_rng}
       if config.loss.typed_head:  # each step scores and normalises over what the grammar allows
         groups = grammar.head_groups(targets.shape[1], space)
-        logits = losses.typed_token_loss(
+        scored = losses.typed_token_loss(
             model.apply({'params': params}, inputs, train=True, rngs=rngs, heads=groups), groups,
-            targets, config.loss.label_smoothing, space, model.config.num_steps)  # [K, B, L]
+            targets, config.loss.label_smoothing, space, model.config.num_steps)  # [K, B, L] loss
       else:
-        logits = model.apply({'params': params}, inputs, train=True, rngs=rngs)  # [K, B, L, V]
+        scored = model.apply({'params': params}, inputs, train=True, rngs=rngs)  # [K, B, L, V]
       stream_total, stream_losses = losses.path_loss(
-          logits, targets, mask3, model.branches,
+          scored, targets, mask3, model.branches,
           epsilon=config.loss.label_smoothing, beta=config.loss.beta,
           token_keep=inputs['token_keep'])
       totals.append(stream_total)
