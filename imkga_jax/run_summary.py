@@ -127,6 +127,23 @@ def _features_line(config: Any, stats: Mapping[str, Any]) -> str:
 
 
 
+def _answers_line(metrics: Mapping[str, Any]) -> str:
+  """Where the valid MRR comes from, when evaluation chose the direct weight on valid: the direct
+  answers alone, the paths alone and the chosen mixture ('' otherwise). A weak part shows here
+  (e.g. a step-0 classifier that ranks no better than chance while the paths carry the run)."""
+  selection = metrics.get('valid', {}).get('selection')
+  if not selection:
+    return ''
+  by_weight = selection.get('mrr_by_direct_weight', {})
+  chosen = selection.get('direct_weight')
+  parts = [f'{label} {by_weight[key]:.3f}' for key, label in
+           (('1.0', 'direct answers alone'), ('0.0', 'paths alone')) if key in by_weight]
+  mix = by_weight.get('model' if chosen == 'model' else str(chosen))
+  if mix is not None:
+    parts.append(f'chosen weight {chosen} {mix:.3f}')
+  return 'valid MRR of ' + ', '.join(parts) if parts else ''
+
+
 def _files_lines(workdir: str) -> list[str]:
   w = os.path.abspath(workdir)
   out = []
@@ -156,6 +173,9 @@ def format_run_summary(config: Any, workdir: str, metrics: Mapping[str, Any],
            f'  data      {_data_line(config, stats)}',
            f'  features  {_features_line(config, stats)}',
            f'  time      {stage_times(workdir, stats, eval_seconds)}']
+  answers = _answers_line(metrics)
+  if answers:
+    lines.append(f'  answers   {answers}')
   lines.append(explain.format_summary(metrics, rows, examples))
   lines += ['', 'Files:'] + _files_lines(workdir) + [RULE]
   return '\n'.join(lines)

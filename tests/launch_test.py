@@ -31,6 +31,7 @@ def test_main_job_predict_and_rerun(tmp_path):
   workdir = str(tmp_path / 'work')
   out, _ = launch(workdir, raw)
   assert 'Filtered ranking metrics' in out and 'Example answers' in out and ' via ' in out
+  assert '  answers   valid MRR of direct answers alone ' in out  # chosen on valid: its parts
   with open(os.path.join(workdir, 'metrics.json')) as f:
     metrics = json.load(f)
   for split in ('valid', 'test'):

@@ -71,3 +71,20 @@ def test_summary_fits_one_screen_and_says_what_ran_where(tmp_path):
   files.write_json(os.path.join(w, 'prepared', 'stats.json'), {'vgg_weights': '/w/vgg16.weights.h5'})
   assert 'weights /w/vgg16.weights.h5\n            OCR rapidocr' in run_summary.format_run_summary(
       config, w, METRICS, ROWS)
+
+
+def test_summary_says_where_the_valid_mrr_comes_from(tmp_path):
+  w = str(tmp_path)
+  config = default.get_config()
+  files.write_json(os.path.join(w, 'prepared', 'stats.json'), {})
+  metrics = json.loads(json.dumps(METRICS))
+  assert '  answers ' not in run_summary.format_run_summary(config, w, metrics, ROWS)
+  metrics['valid']['selection'] = {
+      'direct_weight': 0.5, 'mrr_by_direct_weight': {'model': 0.68, '1.0': 0.069, '0.98': 0.63,
+                                                     '0.5': 0.727, '0.0': 0.712}}
+  text = run_summary.format_run_summary(config, w, metrics, ROWS)
+  assert ('  answers   valid MRR of direct answers alone 0.069, paths alone 0.712, '
+          'chosen weight 0.5 0.727\n') in text
+  metrics['valid']['selection']['direct_weight'] = 'model'
+  assert 'paths alone 0.712, chosen weight model 0.680' in run_summary.format_run_summary(
+      config, w, metrics, ROWS)
