@@ -138,7 +138,7 @@ def _answers_line(metrics: Mapping[str, Any]) -> str:
   chosen = selection.get('direct_weight')
   parts = [f'{label} {by_weight[key]:.3f}' for key, label in
            (('1.0', 'direct answers alone'), ('0.0', 'paths alone')) if key in by_weight]
-  mix = by_weight.get('model' if chosen == 'model' else str(chosen))
+  mix = by_weight.get(str(chosen))  # the evaluator keys the weights as str(w), 'model' for None
   if mix is not None:
     parts.append(f'chosen weight {chosen} {mix:.3f}')
   return 'valid MRR of ' + ', '.join(parts) if parts else ''
