@@ -209,6 +209,9 @@ def _defaults() -> ml_collections.ConfigDict:
   config.model.mlp_dim = 1024
   # Dropout on the embeddings, after attention and feed-forward, and on the attention weights.
   config.model.dropout_rate = 0.1
+  # Feed the state projection (Eq. 15) the elementwise product LN(emb(h)) ⊙ LN(emb(r)) beside
+  # emb(h) and emb(r): the query's multiplicative interaction, which a sum cannot form.
+  config.model.query_product = False
   # Computation dtype ('float32' or 'bfloat16'); parameters stay float32.
   config.model.dtype = 'float32'
 

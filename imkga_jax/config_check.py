@@ -205,6 +205,7 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('model.mlp_dim', integer(1)),
     ('model.dropout_rate', number(0.0, 1.0, high_open=True)),
     ('model.dtype', one_of(('float32', 'bfloat16'))),
+    ('model.query_product', boolean()),
     ('masks.p_k', PROBABILITY),
     ('masks.p_m', PROBABILITY),
     ('masks.p_3', PROBABILITY),

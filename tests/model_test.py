@@ -339,3 +339,30 @@ def test_typed_head_groups_equal_slices_of_the_full_logits():
   assert len(typed) == len(groups)
   for logits, (steps, (lo, hi)) in zip(typed, groups):
     np.testing.assert_allclose(logits, full[:, :, list(steps), lo:hi], atol=1e-5)
+
+
+def test_query_product_adds_only_the_product_rows_to_the_state_projection():
+  """`query_product` appends LN(emb(h)) ⊙ LN(emb(r)) to the state projection's input: with its rows
+  of the kernel at zero the model is exactly the plain Eq. 15 model; with them it is not."""
+  cfg = tiny_config('rl', query_product=True, num_layers=1)
+  plain = tiny_config('rl', num_layers=1)
+  model, params = init(cfg)
+  kernel = np.asarray(params['branches']['state_proj']['kernel'])  # [1, 1 + 3E, E]
+  e = cfg.emb_dim
+  assert kernel.shape == (1, 1 + 3 * e, e)
+  assert {'ln_head', 'ln_relation'} <= set(params['branches'])
+  inputs = random_inputs(cfg)
+  # The plain model's parameters: the same ones, minus the product rows and the two LayerNorms.
+  reduced = jax.tree.map(lambda x: x, params)
+  reduced['branches'] = {k: v for k, v in params['branches'].items()
+                         if k not in ('ln_head', 'ln_relation')}
+  reduced['branches']['state_proj'] = dict(params['branches']['state_proj'],
+                                           kernel=kernel[:, :1 + 2 * e])
+  want = imkga.IMKGA(plain).apply({'params': reduced}, inputs)
+  zeroed = jax.tree.map(lambda x: x, params)
+  zeroed['branches'] = dict(params['branches'], state_proj=dict(
+      params['branches']['state_proj'], kernel=np.concatenate(
+          [kernel[:, :1 + 2 * e], np.zeros_like(kernel[:, 1 + 2 * e:])], axis=1)))
+  np.testing.assert_allclose(model.apply({'params': zeroed}, inputs), want, rtol=1e-6, atol=1e-6)
+  with_product = model.apply({'params': params}, inputs)
+  assert np.max(np.abs(np.asarray(with_product) - np.asarray(want))) > 1e-3

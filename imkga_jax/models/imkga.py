@@ -4,7 +4,8 @@ A trajectory of L steps becomes 2L tokens `[C_0, a_0, C_1, a_1, …]`:
 
 * the state token `C(R̂n, s) = Sigmoid(LN(W·[R̂n; emb(h); emb(r); h_fig; h_ocr] + b))`
   (Eq. 15) — one projection of the return-to-go, the query (head and relation
-  token embeddings) and the entity features;
+  token embeddings) and the entity features; with `query_product` (off by default) the projection
+  also reads `LN(emb(h)) ⊙ LN(emb(r))`, the query's multiplicative interaction;
 * the action token `Sigmoid(LN(emb(a_n)))` (Eq. 15 applies it to both kinds);
 * both tokens of step n get position embedding n (Eq. 14); Mask II's
   `token_keep` zeroes token embeddings before the position is added.
@@ -98,6 +99,8 @@ class ModelConfig:
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   dtype: str = 'float32'
+  # Also feed LN(emb(h)) ⊙ LN(emb(r)) to the state projection (config.model.query_product).
+  query_product: bool = False
   fig_dim: int = 8
   ocr_dim: int = 3
   # Entities named by the head's OCR text per query (`mentions` input; 0 = none read).
@@ -153,6 +156,7 @@ class ModelConfig:
                variant=m.variant, emb_dim=m.emb_dim, num_layers=m.num_layers,
                num_heads=m.num_heads, mlp_dim=m.mlp_dim, dropout_rate=m.dropout_rate,
                attention_dropout_rate=m.dropout_rate, dtype=m.dtype,
+               query_product=bool(m.get('query_product', False)),
                fig_dim=config.features.fig_dim, ocr_dim=config.features.ocr_dim,
                max_mentions=config.features.max_mentions)
 
@@ -179,6 +183,11 @@ class Branch(nn.Module):
     parts = []  # pieces of the state vector, each [batch, steps, ·]
     if cfg.use_rtg:
       parts.append(rtg[..., None].astype(dtype))
+    if cfg.query_product:  # the query's interaction: LN(emb(h)) ⊙ LN(emb(r))
+      head, relation = jnp.split(query, 2, axis=-1)
+      product = (encoder.layer_norm(dtype, 'ln_head')(head)
+                 * encoder.layer_norm(dtype, 'ln_relation')(relation))
+      query = jnp.concatenate([query, product], axis=-1)  # [B, 3E]
     parts.append(jnp.broadcast_to(query[:, None], (batch, steps, query.shape[-1])))
     if cfg.use_features:
       for name, feat, present, dim, slot in (('fig', fig, fig_present, cfg.fig_dim, slots[0]),
