@@ -10,11 +10,12 @@ R̂ only). This script measures that classifier apart from the paths, on a prepa
   schedule stretched over N steps, `train.direct_batch_size` trajectories per step), reported six
   times.
 
-Printed per report: the raw MRR of the step-0 entity logits on 2,000 seeded train direct
-trajectories, beside its ceiling (every answer of a train query ranked above every other entity, in
-some order: a query with m answers averages H_m / m), and the filtered MRR on every valid triple, both
-directions, the direct answers alone (the standard protocol; `--by_relation` splits both per query
-relation). Nothing is written.
+Ranks are `ranking.filtered_ranks`' (tie-averaged), as evaluation ranks them. Printed per report:
+the raw MRR of the step-0 entity logits on 2,000 seeded train direct trajectories, beside its
+ceiling (every answer of a train query ranked above every other entity, in some order: a query with
+m answers averages H_m / m), and the filtered MRR on every valid triple, both directions, the direct
+answers alone (the standard protocol; `--by_relation` splits both per query relation). Nothing is
+written.
 
 Usage (run `launch.py --mode=prepare` first, or point at any run's workdir):
   python benchmarks/direct_probe.py --config=configs/synthetic.py --prepared=W/prepared \
@@ -43,6 +44,7 @@ from imkga_jax import kg as kg_lib
 from imkga_jax import losses
 from imkga_jax import masks
 from imkga_jax import prepared as prepared_lib
+from imkga_jax import ranking
 from imkga_jax import train as train_lib
 from imkga_jax.models import imkga
 
@@ -56,33 +58,18 @@ _BY_RELATION = flags.DEFINE_bool('by_relation', False, 'Also print both MRRs per
 _SAMPLE = 2000  # train direct trajectories ranked per report
 
 
-def _ranks(logits: np.ndarray, targets: np.ndarray, drop: list[np.ndarray] | None = None
-           ) -> np.ndarray:
-  """Realistic rank of `targets` among `logits [q, E]`: 1 + the other entities scored at least as
-  high, those of `drop[i]` (the known answers, the target among them: filtered ranks) left out."""
-  true = logits[np.arange(len(targets)), targets].copy()
-  logits = logits.copy()
-  logits[np.arange(len(targets)), targets] = -np.inf
-  if drop is not None:
-    for i, known in enumerate(drop):
-      logits[i, known] = -np.inf
-  return 1 + (logits >= true[:, None]).sum(axis=1)
-
-
 class Probe:
   """The prepared folder's direct trajectories and valid triples, and the step-0 ranking of both."""
 
   def __init__(self, config, prepared_dir: str):
-    self.config = config
     self.kg = kg_lib.KnowledgeGraph.load(prepared_dir)
     space = self.kg.space
     self.offset = space.entity_offset
     f = config.features
-    uses_features = config.model.variant in ('mkg', 'mkg_rl')
     self.table = (prepared_lib.load_features(prepared_dir, self.kg.num_entities, f.fig_dim,
                                              f.ocr_dim, max_mentions=f.max_mentions,
                                              entity_offset=self.offset)
-                  if uses_features else {})
+                  if imkga.ModelConfig.from_config(config, space.num_tokens).use_features else {})
     self.direct = input_pipeline.read_direct(prepared_dir)
     if not len(self.direct['head_token']):
       raise ValueError(f'{prepared_dir}: no direct trajectory `t <eos>` to probe '
@@ -98,8 +85,7 @@ class Probe:
     self.ceiling = harmonic[answers - 1] / answers
     # Every valid triple, both directions, with its known answers (train + valid + test).
     self.valid = self.kg.with_inverses('valid')
-    index = self.kg.filter_index()
-    self.known = [index[(int(h), int(r))] for h, r, _ in self.valid]
+    self.indptr, self.known = self.kg.filter_csr(self.valid[:, :2])
     r_good = float(config.rtg.r_good)
     self.valid_inputs = self._inputs(
         (self.valid[:, 0] + self.offset).astype(np.int32),
@@ -125,13 +111,12 @@ class Probe:
     d = self.direct
     rows = self.sample
     train = entity_logits(self.train_inputs(rows, np.ones(len(rows), np.int64)))
-    train_rr = 1.0 / _ranks(train, d['actions'][rows, 0] - self.offset)
-    valid_rr = []
-    for lo in range(0, len(self.valid), 1024):
-      part = {k: v[lo:lo + 1024] for k, v in self.valid_inputs.items()}
-      valid_rr.append(1.0 / _ranks(entity_logits(part), self.valid[lo:lo + 1024, 2],
-                                   self.known[lo:lo + 1024]))
-    valid_rr = np.concatenate(valid_rr)
+    no_filter = np.zeros(len(rows) + 1, np.int64), np.zeros(0, np.int32)  # raw ranks
+    train_rr = 1.0 / ranking.filtered_ranks(train, d['actions'][rows, 0] - self.offset, *no_filter)
+    valid = np.concatenate([entity_logits({k: v[lo:lo + 1024] for k, v in
+                                           self.valid_inputs.items()})
+                            for lo in range(0, len(self.valid), 1024)])
+    valid_rr = 1.0 / ranking.filtered_ranks(valid, self.valid[:, 2], self.indptr, self.known)
     print(f'{label}: train raw MRR {train_rr.mean():.3f} (ceiling {self.ceiling.mean():.3f}), '
           f'valid filtered MRR {valid_rr.mean():.3f} ({len(self.valid)} queries)', flush=True)
     if _BY_RELATION.value:

@@ -353,16 +353,12 @@ def test_query_product_adds_only_the_product_rows_to_the_state_projection():
   assert {'ln_head', 'ln_relation'} <= set(params['branches'])
   inputs = random_inputs(cfg)
   # The plain model's parameters: the same ones, minus the product rows and the two LayerNorms.
-  reduced = jax.tree.map(lambda x: x, params)
-  reduced['branches'] = {k: v for k, v in params['branches'].items()
-                         if k not in ('ln_head', 'ln_relation')}
-  reduced['branches']['state_proj'] = dict(params['branches']['state_proj'],
-                                           kernel=kernel[:, :1 + 2 * e])
-  want = imkga.IMKGA(plain).apply({'params': reduced}, inputs)
-  zeroed = jax.tree.map(lambda x: x, params)
-  zeroed['branches'] = dict(params['branches'], state_proj=dict(
+  branches = {k: v for k, v in params['branches'].items() if k not in ('ln_head', 'ln_relation')}
+  branches['state_proj'] = dict(branches['state_proj'], kernel=kernel[:, :1 + 2 * e])
+  want = imkga.IMKGA(plain).apply({'params': dict(params, branches=branches)}, inputs)
+  zeroed = dict(params, branches=dict(params['branches'], state_proj=dict(
       params['branches']['state_proj'], kernel=np.concatenate(
-          [kernel[:, :1 + 2 * e], np.zeros_like(kernel[:, 1 + 2 * e:])], axis=1)))
+          [kernel[:, :1 + 2 * e], np.zeros_like(kernel[:, 1 + 2 * e:])], axis=1))))
   np.testing.assert_allclose(model.apply({'params': zeroed}, inputs), want, rtol=1e-6, atol=1e-6)
   with_product = model.apply({'params': params}, inputs)
   assert np.max(np.abs(np.asarray(with_product) - np.asarray(want))) > 1e-3

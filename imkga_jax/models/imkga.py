@@ -156,7 +156,7 @@ class ModelConfig:
                variant=m.variant, emb_dim=m.emb_dim, num_layers=m.num_layers,
                num_heads=m.num_heads, mlp_dim=m.mlp_dim, dropout_rate=m.dropout_rate,
                attention_dropout_rate=m.dropout_rate, dtype=m.dtype,
-               query_product=bool(m.get('query_product', False)),
+               query_product=m.query_product,
                fig_dim=config.features.fig_dim, ocr_dim=config.features.ocr_dim,
                max_mentions=config.features.max_mentions)
 
