@@ -207,11 +207,20 @@ def _defaults() -> ml_collections.ConfigDict:
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.mlp_dim = 1024
-  # Dropout on the embeddings, after attention and feed-forward, and on the attention weights.
+  # Dropout on the token sequence (model.embed_dropout), after attention and feed-forward, and on
+  # the attention weights.
   config.model.dropout_rate = 0.1
   # Feed the state projection (Eq. 15) the elementwise product LN(emb(h)) ⊙ LN(emb(r)) beside
   # emb(h) and emb(r): the query's multiplicative interaction, which a sum cannot form.
   config.model.query_product = False
+  # Initial std of the token embedding (0: 1/sqrt(emb_dim), flax's nn.Embed default) and of the
+  # learned ∅ feature vectors; which tokens dropout also hits before the encoder ('all', 'actions',
+  # 'none'). With 0 / 0.02 / 'none' the synthetic KG's step-0 classifier trained alone leaves the
+  # relation prior (valid 0.068 -> 0.410), but in full runs its paths overfit (whole valid 0.727 ->
+  # 0.682; 'none' alone 0.719): opt-in knobs (benchmarks/RESULTS.md, fourth 2026-12-07 reading).
+  config.model.embed_std = 0.02
+  config.model.null_std = 1.0
+  config.model.embed_dropout = 'all'
   # Computation dtype ('float32' or 'bfloat16'); parameters stay float32.
   config.model.dtype = 'float32'
 

@@ -33,6 +33,7 @@ from imkga_jax import kg as kg_lib
 # decode.AGGREGATIONS, priors.PRIORS, ...).
 VARIANTS = ('no_img', 'mkg', 'rl', 'mkg_rl')
 FEATURE_VARIANTS = ('mkg', 'mkg_rl')
+EMBED_DROPOUT = ('all', 'actions', 'none')
 VGG_LAYERS = ('predictions', 'fc2', 'gap')
 OCR_ENGINES = ('rapidocr', 'easyocr')
 BRANCHES = ('fig', 'ocr', 'concat')
@@ -206,6 +207,9 @@ CHECKS: tuple[Rule, ...] = _rules(
     ('model.dropout_rate', number(0.0, 1.0, high_open=True)),
     ('model.dtype', one_of(('float32', 'bfloat16'))),
     ('model.query_product', boolean()),
+    ('model.embed_std', number(0)),
+    ('model.null_std', number(0)),
+    ('model.embed_dropout', one_of(EMBED_DROPOUT)),
     ('masks.p_k', PROBABILITY),
     ('masks.p_m', PROBABILITY),
     ('masks.p_3', PROBABILITY),

@@ -72,6 +72,7 @@ def test_table_names_existing_keys_and_the_owners_values():
   for cross_keys, _, _ in config_check.CROSS_CHECKS:
     assert set(cross_keys) <= keys
   assert config_check.VARIANTS == imkga.VARIANTS
+  assert config_check.EMBED_DROPOUT == imkga.EMBED_DROPOUT
   assert config_check.BRANCHES == imkga.FEATURE_BRANCHES
   assert config_check.VGG_LAYERS == vgg16.LAYERS
   assert config_check.OCR_ENGINES == ocr.ENGINES

@@ -362,3 +362,37 @@ def test_query_product_adds_only_the_product_rows_to_the_state_projection():
   np.testing.assert_allclose(model.apply({'params': zeroed}, inputs), want, rtol=1e-6, atol=1e-6)
   with_product = model.apply({'params': params}, inputs)
   assert np.max(np.abs(np.asarray(with_product) - np.asarray(want))) > 1e-3
+
+
+def test_initial_scales_follow_embed_std_and_null_std():
+  """The token embedding starts at std 1/sqrt(emb_dim) (`embed_std=0`) or `embed_std`, the ∅
+  feature vectors at `null_std`."""
+  for embed_std, want in ((0.0, 64 ** -0.5), (0.02, 0.02)):
+    cfg = tiny_config('mkg_rl', emb_dim=64, num_heads=2, fig_dim=400, ocr_dim=400,
+                      embed_std=embed_std, null_std=0.3)
+    _, params = init(cfg)
+    assert abs(float(np.std(params['token_embedding'])) / want - 1) < 0.1
+    for name in ('null_fig', 'null_ocr'):
+      assert abs(float(np.std(params['branches'][name])) / 0.3 - 1) < 0.1
+
+
+def test_embed_dropout_drops_the_tokens_it_names():
+  """`embed_dropout`: 'all' drops every token before the encoder, 'actions' only the action tokens
+  (the output at C_0, which sees only itself, then matches 'none' exactly: the encoder's own dropout
+  draws are the same), 'none' nothing; at evaluation the key changes nothing."""
+  cfgs = {mode: tiny_config('rl', embed_dropout=mode) for mode in imkga.EMBED_DROPOUT}
+  _, params = init(cfgs['all'])
+  inputs = random_inputs(cfgs['all'])
+  rngs = {'dropout': jax.random.key(1)}
+  evaluated = {m: np.asarray(imkga.IMKGA(c).apply({'params': params}, inputs))
+               for m, c in cfgs.items()}
+  trained = {m: np.asarray(imkga.IMKGA(c).apply({'params': params}, inputs, train=True, rngs=rngs))
+             for m, c in cfgs.items()}
+  for mode in cfgs:
+    np.testing.assert_allclose(evaluated[mode], evaluated['none'], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(trained['actions'][:, :, 0], trained['none'][:, :, 0], rtol=1e-6,
+                             atol=1e-6)
+  assert np.max(np.abs(trained['actions'][:, :, 1:] - trained['none'][:, :, 1:])) > 1e-3
+  assert np.max(np.abs(trained['all'][:, :, 0] - trained['none'][:, :, 0])) > 1e-3
+  with pytest.raises(ValueError, match='embed_dropout'):
+    tiny_config('rl', embed_dropout='state')

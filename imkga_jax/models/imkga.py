@@ -8,7 +8,13 @@ A trajectory of L steps becomes 2L tokens `[C_0, a_0, C_1, a_1, …]`:
   also reads `LN(emb(h)) ⊙ LN(emb(r))`, the query's multiplicative interaction;
 * the action token `Sigmoid(LN(emb(a_n)))` (Eq. 15 applies it to both kinds);
 * both tokens of step n get position embedding n (Eq. 14); Mask II's
-  `token_keep` zeroes token embeddings before the position is added.
+  `token_keep` zeroes token embeddings before the position is added; in training, dropout then
+  hits every token (`embed_dropout='all'`, the default), the action tokens only (`'actions'`) or
+  none (`'none'`) before the encoder.
+
+**Initialisation.** The token embedding is Normal(`embed_std`) (0: 1/sqrt(emb_dim)), the ∅ feature
+vectors Normal(`null_std`), every kernel Normal(0.02) (`encoder.kernel_init`), positions
+Normal(0.02).
 
 The encoder (Mask I causal attention, `encoder.py`) reads the output at C_n,
 which predicts a_n: `logits[:, :, n]` depends only on `rtg[:, :n+1]` and
@@ -76,12 +82,13 @@ from imkga_jax import prepared
 from imkga_jax.models import encoder
 
 VARIANTS = ('no_img', 'mkg', 'rl', 'mkg_rl')
+EMBED_DROPOUT = ('all', 'actions', 'none')
 FEATURE_BRANCHES = ('fig', 'ocr', 'concat')
 # Which feature slots (fig, ocr) each branch sees.
 _BRANCH_SLOTS = {'fig': (1.0, 0.0), 'ocr': (0.0, 1.0), 'concat': (1.0, 1.0)}
 # Scale of the shared output bias per branch (Eq. 21-22: b/2 for single-modal branches).
 _BIAS_SCALE = {'fig': 0.5, 'ocr': 0.5, 'concat': 1.0}
-_EMBED_STD = 0.02
+_POSITION_STD = 0.02
 # Axis of the rows (batch) in every array of the decoding cache: [branch, layer, row, token, head, kv].
 CACHE_ROW_AXIS = 2
 
@@ -101,6 +108,13 @@ class ModelConfig:
   dtype: str = 'float32'
   # Also feed LN(emb(h)) ⊙ LN(emb(r)) to the state projection (config.model.query_product).
   query_product: bool = False
+  # Std of the token embedding's normal init; 0 = 1/sqrt(emb_dim) (config.model.embed_std).
+  embed_std: float = 0.02
+  # Std of the ∅ feature vectors' normal init (config.model.null_std).
+  null_std: float = 1.0
+  # Dropout on the token sequence before the encoder (config.model.embed_dropout): 'all' tokens,
+  # the 'actions' only (the state tokens, which carry the query, are kept whole) or 'none'.
+  embed_dropout: str = 'all'
   fig_dim: int = 8
   ocr_dim: int = 3
   # Entities named by the head's OCR text per query (`mentions` input; 0 = none read).
@@ -109,6 +123,9 @@ class ModelConfig:
   only_branch: str | None = None
 
   def __post_init__(self):
+    if self.embed_dropout not in EMBED_DROPOUT:
+      raise ValueError(f'ModelConfig: model.embed_dropout={self.embed_dropout!r} is not one of '
+                       f'{EMBED_DROPOUT}.')
     if self.variant not in VARIANTS:
       raise ValueError(f'ModelConfig: model.variant={self.variant!r} is not one of {VARIANTS}.')
     if self.emb_dim % self.num_heads:
@@ -120,6 +137,11 @@ class ModelConfig:
     if self.vocab_size < 5 or self.num_steps < 1:
       raise ValueError(f'ModelConfig: vocab_size={self.vocab_size} (needs >= 5: 4 specials + '
                        f'a token) or num_steps={self.num_steps} (needs >= 1) is invalid.')
+
+  @property
+  def embedding_std(self) -> float:
+    """The token embedding's init std: `embed_std`, or 1/sqrt(emb_dim) when it is 0."""
+    return self.embed_std if self.embed_std > 0 else self.emb_dim ** -0.5
 
   @property
   def use_rtg(self) -> bool:
@@ -156,7 +178,8 @@ class ModelConfig:
                variant=m.variant, emb_dim=m.emb_dim, num_layers=m.num_layers,
                num_heads=m.num_heads, mlp_dim=m.mlp_dim, dropout_rate=m.dropout_rate,
                attention_dropout_rate=m.dropout_rate, dtype=m.dtype,
-               query_product=m.query_product,
+               query_product=m.query_product, embed_std=m.embed_std, null_std=m.null_std,
+               embed_dropout=m.embed_dropout,
                fig_dim=config.features.fig_dim, ocr_dim=config.features.ocr_dim,
                max_mentions=config.features.max_mentions)
 
@@ -193,7 +216,7 @@ class Branch(nn.Module):
       for name, feat, present, dim, slot in (('fig', fig, fig_present, cfg.fig_dim, slots[0]),
                                              ('ocr', ocr, ocr_present, cfg.ocr_dim, slots[1])):
         null = self.param(f'null_{name}', nn.with_logical_partitioning(
-            nn.initializers.normal(1.0), (None,)), (dim,), jnp.float32)
+            nn.initializers.normal(cfg.null_std), (None,)), (dim,), jnp.float32)
         value = jnp.where(present[:, None], feat.astype(dtype), null.astype(dtype))  # [B, dim]
         value = value * slot.astype(dtype)
         parts.append(jnp.broadcast_to(value[:, None], (batch, steps, dim)))
@@ -204,7 +227,7 @@ class Branch(nn.Module):
     state = nn.sigmoid(encoder.layer_norm(dtype, 'ln_state')(state))  # Eq. 15
     action = nn.sigmoid(encoder.layer_norm(dtype, 'ln_action')(action_emb))  # Eq. 15
     positions = self.param('position', nn.with_logical_partitioning(
-        nn.initializers.normal(_EMBED_STD), (None, 'embed')), (cfg.num_steps, cfg.emb_dim),
+        nn.initializers.normal(_POSITION_STD), (None, 'embed')), (cfg.num_steps, cfg.emb_dim),
         jnp.float32)
     n = self.decode_step
     if n is not None:  # the new tokens [a_{n-1}, C_n] (only C_0 at n = 0)
@@ -217,7 +240,12 @@ class Branch(nn.Module):
     x = jnp.stack([state, action], axis=2).reshape(batch, 2 * steps, cfg.emb_dim)  # [B, 2L, E]
     x = x * token_keep[..., None].astype(dtype)  # Mask II
     x = x + jnp.repeat(positions[:steps], 2, axis=0).astype(dtype)  # Eq. 14: shared per step
-    x = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
+    if cfg.embed_dropout != 'none':
+      dropped = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
+      if cfg.embed_dropout == 'actions':  # tokens 1, 3, … are the actions
+        is_action = (jnp.arange(2 * steps) % 2 == 1)[None, :, None]
+        dropped = jnp.where(is_action, dropped, x)
+      x = dropped
     x = encoder.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
                         cfg.attention_dropout_rate, self.deterministic, dtype,
                         name='encoder')(x, masks.causal_mask(steps))  # Mask I
@@ -257,7 +285,7 @@ class IMKGA(nn.Module):
     batch = actions.shape[0]
     steps = 1 if decode_step is not None else actions.shape[1]
     table = self.param('token_embedding', nn.with_logical_partitioning(
-        nn.initializers.normal(_EMBED_STD), ('vocab', 'embed')),
+        nn.initializers.normal(cfg.embedding_std), ('vocab', 'embed')),
         (cfg.vocab_size, cfg.emb_dim), jnp.float32).astype(dtype)  # [V, E]
     bias = self.param('output_bias', encoder.zeros_init(('vocab',)), (cfg.vocab_size,),
                       jnp.float32).astype(dtype)  # [V]
