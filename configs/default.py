@@ -214,10 +214,11 @@ def _defaults() -> ml_collections.ConfigDict:
   # emb(h) and emb(r): the query's multiplicative interaction, which a sum cannot form.
   config.model.query_product = False
   # Initial std of the token embedding (0: 1/sqrt(emb_dim), flax's nn.Embed default) and of the
-  # learned ∅ feature vectors; which tokens dropout also hits before the encoder ('all', 'actions',
-  # 'none'). With 0 / 0.02 / 'none' the synthetic KG's step-0 classifier trained alone leaves the
-  # relation prior (valid 0.068 -> 0.410), but in full runs its paths overfit (whole valid 0.727 ->
-  # 0.682; 'none' alone 0.719): opt-in knobs (benchmarks/RESULTS.md, fourth 2026-12-07 reading).
+  # learned ∅ feature vectors; which tokens dropout also hits before the encoder ('all',
+  # 'except_first', 'actions', 'none'). With 0 / 0.02 / 'none' the synthetic KG's step-0 classifier
+  # trained alone leaves the relation prior (valid 0.068 -> 0.410), but in full runs its paths
+  # overfit (whole valid 0.727 -> 0.682; 'none' alone 0.719): opt-in knobs (benchmarks/RESULTS.md,
+  # fourth 2026-12-07 reading).
   config.model.embed_std = 0.02
   config.model.null_std = 1.0
   config.model.embed_dropout = 'all'

@@ -33,7 +33,7 @@ from imkga_jax import kg as kg_lib
 # decode.AGGREGATIONS, priors.PRIORS, ...).
 VARIANTS = ('no_img', 'mkg', 'rl', 'mkg_rl')
 FEATURE_VARIANTS = ('mkg', 'mkg_rl')
-EMBED_DROPOUT = ('all', 'actions', 'none')
+EMBED_DROPOUT = ('all', 'except_first', 'actions', 'none')
 VGG_LAYERS = ('predictions', 'fc2', 'gap')
 OCR_ENGINES = ('rapidocr', 'easyocr')
 BRANCHES = ('fig', 'ocr', 'concat')

@@ -377,9 +377,10 @@ def test_initial_scales_follow_embed_std_and_null_std():
 
 
 def test_embed_dropout_drops_the_tokens_it_names():
-  """`embed_dropout`: 'all' drops every token before the encoder, 'actions' only the action tokens
-  (the output at C_0, which sees only itself, then matches 'none' exactly: the encoder's own dropout
-  draws are the same), 'none' nothing; at evaluation the key changes nothing."""
+  """`embed_dropout`: 'all' drops every token before the encoder, 'except_first' all but C_0,
+  'actions' only the action tokens (with C_0 whole, the output at C_0, which sees only itself,
+  matches 'none' exactly: the encoder's own dropout draws are the same), 'none' nothing; at
+  evaluation the key changes nothing."""
   cfgs = {mode: tiny_config('rl', embed_dropout=mode) for mode in imkga.EMBED_DROPOUT}
   _, params = init(cfgs['all'])
   inputs = random_inputs(cfgs['all'])
@@ -390,9 +391,10 @@ def test_embed_dropout_drops_the_tokens_it_names():
              for m, c in cfgs.items()}
   for mode in cfgs:
     np.testing.assert_allclose(evaluated[mode], evaluated['none'], rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(trained['actions'][:, :, 0], trained['none'][:, :, 0], rtol=1e-6,
-                             atol=1e-6)
-  assert np.max(np.abs(trained['actions'][:, :, 1:] - trained['none'][:, :, 1:])) > 1e-3
+  for mode in ('except_first', 'actions'):  # C_0 kept whole: the step-0 output is 'none''s
+    np.testing.assert_allclose(trained[mode][:, :, 0], trained['none'][:, :, 0], rtol=1e-6,
+                               atol=1e-6)
+    assert np.max(np.abs(trained[mode][:, :, 1:] - trained['none'][:, :, 1:])) > 1e-3
   assert np.max(np.abs(trained['all'][:, :, 0] - trained['none'][:, :, 0])) > 1e-3
   with pytest.raises(ValueError, match='embed_dropout'):
     tiny_config('rl', embed_dropout='state')

@@ -82,7 +82,7 @@ from imkga_jax import prepared
 from imkga_jax.models import encoder
 
 VARIANTS = ('no_img', 'mkg', 'rl', 'mkg_rl')
-EMBED_DROPOUT = ('all', 'actions', 'none')
+EMBED_DROPOUT = ('all', 'except_first', 'actions', 'none')
 FEATURE_BRANCHES = ('fig', 'ocr', 'concat')
 # Which feature slots (fig, ocr) each branch sees.
 _BRANCH_SLOTS = {'fig': (1.0, 0.0), 'ocr': (0.0, 1.0), 'concat': (1.0, 1.0)}
@@ -113,7 +113,8 @@ class ModelConfig:
   # Std of the ∅ feature vectors' normal init (config.model.null_std).
   null_std: float = 1.0
   # Dropout on the token sequence before the encoder (config.model.embed_dropout): 'all' tokens,
-  # the 'actions' only (the state tokens, which carry the query, are kept whole) or 'none'.
+  # all but C_0 ('except_first': the step-0 classifier reads its token whole), the 'actions' only
+  # (every state token whole) or 'none'.
   embed_dropout: str = 'all'
   fig_dim: int = 8
   ocr_dim: int = 3
@@ -242,9 +243,10 @@ class Branch(nn.Module):
     x = x + jnp.repeat(positions[:steps], 2, axis=0).astype(dtype)  # Eq. 14: shared per step
     if cfg.embed_dropout != 'none':
       dropped = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)(x)
-      if cfg.embed_dropout == 'actions':  # tokens 1, 3, … are the actions
-        is_action = (jnp.arange(2 * steps) % 2 == 1)[None, :, None]
-        dropped = jnp.where(is_action, dropped, x)
+      if cfg.embed_dropout != 'all':  # keep C_0 whole ('except_first') or every C_n ('actions')
+        token = jnp.arange(2 * steps)
+        hit = token % 2 == 1 if cfg.embed_dropout == 'actions' else token > 0
+        dropped = jnp.where(hit[None, :, None], dropped, x)
       x = dropped
     x = encoder.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
                         cfg.attention_dropout_rate, self.deterministic, dtype,
