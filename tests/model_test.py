@@ -396,5 +396,7 @@ def test_embed_dropout_drops_the_tokens_it_names():
                                atol=1e-6)
     assert np.max(np.abs(trained[mode][:, :, 1:] - trained['none'][:, :, 1:])) > 1e-3
   assert np.max(np.abs(trained['all'][:, :, 0] - trained['none'][:, :, 0])) > 1e-3
+  # C_1 is dropped by 'except_first' but not by 'actions': the outputs from step 1 on differ.
+  assert np.max(np.abs(trained['except_first'][:, :, 1:] - trained['actions'][:, :, 1:])) > 1e-3
   with pytest.raises(ValueError, match='embed_dropout'):
     tiny_config('rl', embed_dropout='state')

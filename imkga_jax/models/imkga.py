@@ -9,8 +9,8 @@ A trajectory of L steps becomes 2L tokens `[C_0, a_0, C_1, a_1, …]`:
 * the action token `Sigmoid(LN(emb(a_n)))` (Eq. 15 applies it to both kinds);
 * both tokens of step n get position embedding n (Eq. 14); Mask II's
   `token_keep` zeroes token embeddings before the position is added; in training, dropout then
-  hits every token (`embed_dropout='all'`, the default), the action tokens only (`'actions'`) or
-  none (`'none'`) before the encoder.
+  hits every token (`embed_dropout='all'`, the default), every token but C_0 (`'except_first'`),
+  the action tokens only (`'actions'`) or none (`'none'`) before the encoder.
 
 **Initialisation.** The token embedding is Normal(`embed_std`) (0: 1/sqrt(emb_dim)), the ∅ feature
 vectors Normal(`null_std`), every kernel Normal(0.02) (`encoder.kernel_init`), positions
